@@ -1,0 +1,203 @@
+"""``torch.func`` plumbing: θ as one flat vector and the three batched products the NFK needs.
+
+For a batch of B examples with per-example gradients ``G`` (B×P, never formed here except in
+:meth:`LogProbOperator.per_example_grads`):
+
+* ``jvp(batch, T)``  = ``G Tᵀ``  (B×k): one forward-mode pass, ``vmap``-ped over the k tangents;
+* ``vjp(batch, A)``  = ``Aᵀ G``  (k×P): one forward, then k reverse passes ``vmap``-ped;
+* ``per_example_grads(batch)`` = ``G``: ``vmap(grad)`` over the examples.
+
+Examples never interact because the model runs in eval mode (see ``_modes.eval_mode``), so the JVP
+of the batched ``log p̃`` is the stack of per-example JVPs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from torch.func import functional_call, grad, jvp, vjp, vmap
+
+from .likelihoods import Batch, Likelihood
+
+
+@dataclass(frozen=True)
+class ParamSpace:
+    """Names, shapes and offsets of θ inside the flat vector of length ``P``."""
+
+    names: tuple[str, ...]
+    shapes: tuple[torch.Size, ...]
+
+    @property
+    def numels(self) -> tuple[int, ...]:
+        return tuple(int(torch.Size(s).numel()) for s in self.shapes)
+
+    @property
+    def size(self) -> int:
+        return sum(self.numels)
+
+    def flatten(self, tensors: dict[str, Tensor], lead: int = 0) -> Tensor:
+        """Concatenate ``{name: (*lead, *shape)}`` into ``(*lead, P)``."""
+        parts = [tensors[n].reshape(*tensors[n].shape[:lead], -1) for n in self.names]
+        return torch.cat(parts, dim=-1)
+
+    def unflatten(self, flat: Tensor) -> dict[str, Tensor]:
+        """Split ``(*lead, P)`` into ``{name: (*lead, *shape)}`` views."""
+        lead = flat.shape[:-1]
+        out, start = {}, 0
+        for name, shape, n in zip(self.names, self.shapes, self.numels):
+            out[name] = flat[..., start : start + n].reshape(*lead, *shape)
+            start += n
+        return out
+
+    def fingerprint(self) -> list[list]:
+        return [[n, list(s)] for n, s in zip(self.names, self.shapes)]
+
+
+class _LogProbModule(nn.Module):
+    """Binds a likelihood to its model so ``functional_call`` can swap the parameters."""
+
+    def __init__(self, lik: Likelihood) -> None:
+        super().__init__()
+        self.model = lik.model
+        self._lik = lik
+
+    def forward(self, batch: Batch) -> Tensor:
+        return self._lik.log_prob(self.model, batch)
+
+
+def _add_batch_dim(example: Batch) -> Batch:
+    return tuple(t.unsqueeze(0) for t in example)
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` if given, else CUDA when present, else CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter (float32 if it has none)."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+class LogProbOperator:
+    """Per-example ``log p̃`` of a likelihood as a function of flat θ, and its batched derivatives.
+
+    Parameters are copied (detached) to ``device`` and ``dtype``; the user's model is not moved.
+
+    Parameters
+    ----------
+    lik : Likelihood
+    device : torch.device
+    dtype : torch.dtype
+        Dtype of θ and of floating inputs.
+    chunk_size : int, optional
+        Passed to ``vmap`` over tangents/cotangents to bound memory (None: all at once).
+    """
+
+    def __init__(
+        self,
+        lik: Likelihood,
+        device: torch.device,
+        dtype: torch.dtype,
+        chunk_size: int | None = None,
+    ) -> None:
+        self.lik, self.device, self.dtype, self.chunk_size = lik, device, dtype, chunk_size
+        self.module = _LogProbModule(lik)
+        selected = set(lik.param_names)
+        named = dict(lik.model.named_parameters())
+        self.space = ParamSpace(
+            tuple(lik.param_names), tuple(named[n].shape for n in lik.param_names)
+        )
+
+        def cast(t: Tensor) -> Tensor:
+            t = t.detach()
+            return t.to(device, dtype) if t.is_floating_point() else t.to(device)
+
+        self.theta = {n: cast(named[n]) for n in lik.param_names}
+        # Everything else (frozen parameters, buffers) is passed explicitly too, on the device.
+        self.frozen = {
+            f"model.{n}": cast(p)
+            for n, p in lik.model.named_parameters(remove_duplicate=False)
+            if n not in selected
+        }
+        self.frozen.update(
+            {f"model.{n}": cast(b) for n, b in lik.model.named_buffers(remove_duplicate=False)}
+        )
+        # A parameter tied to a selected one must follow it; map the alias names to the owner.
+        self._aliases = _tied_aliases(lik.model, selected)
+        for alias in self._aliases:
+            self.frozen.pop(f"model.{alias}", None)
+
+    @property
+    def P(self) -> int:
+        return self.space.size
+
+    def theta_flat(self) -> Tensor:
+        return self.space.flatten(self.theta)
+
+    def to_batch(self, batch: Batch) -> Batch:
+        """Move a batch to the device (floats in the compute dtype) and add prepared inputs."""
+        moved = tuple(
+            t.to(self.device, self.dtype) if t.is_floating_point() else t.to(self.device)
+            for t in batch
+        )
+        return self.lik.prepare(moved)
+
+    # -- the function of θ ----------------------------------------------------------------------
+    def __call__(self, theta: dict[str, Tensor], batch: Batch) -> Tensor:
+        state = {f"model.{n}": t for n, t in theta.items()}
+        for alias, owner in self._aliases.items():
+            state[f"model.{alias}"] = theta[owner]
+        state.update(self.frozen)
+        return functional_call(self.module, state, (batch,), tie_weights=False, strict=False)
+
+    # -- products ---------------------------------------------------------------------------------
+    def log_prob(self, batch: Batch) -> Tensor:
+        """``log p̃`` of a prepared batch, shape ``(B,)``."""
+        with torch.no_grad():
+            return self(self.theta, batch)
+
+    def per_example_grads(self, batch: Batch) -> Tensor:
+        """Per-example gradients ``G`` of a prepared batch, shape ``(B, P)``."""
+
+        def single(theta: dict[str, Tensor], example: Batch) -> Tensor:
+            return self(theta, _add_batch_dim(example))[0]
+
+        grads = vmap(grad(single), in_dims=(None, 0))(self.theta, batch)
+        return self.space.flatten(grads, lead=1)
+
+    def jvp(self, batch: Batch, tangents: Tensor) -> Tensor:
+        """``G Tᵀ`` for tangents ``T`` of shape ``(k, P)``; returns ``(B, k)``."""
+        tan = self.space.unflatten(tangents)
+
+        def along(t: dict[str, Tensor]) -> Tensor:
+            return jvp(lambda th: self(th, batch), (self.theta,), (t,))[1]
+
+        return vmap(along, chunk_size=self.chunk_size)(tan).T
+
+    def vjp(self, batch: Batch, cotangents: Tensor) -> Tensor:
+        """``Aᵀ G`` for cotangents ``A`` of shape ``(B, k)``; returns ``(k, P)``."""
+        _, pullback = vjp(lambda th: self(th, batch), self.theta)
+        grads = vmap(pullback, chunk_size=self.chunk_size)(cotangents.T.contiguous())[0]
+        return self.space.flatten(grads, lead=1)
+
+
+def _tied_aliases(model: nn.Module, selected: set[str]) -> dict[str, str]:
+    """Names under which a selected parameter appears again (tied weights) -> its canonical name."""
+    owner_of: dict[int, str] = {}
+    for name, p in model.named_parameters():
+        owner_of.setdefault(id(p), name)
+    aliases = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        owner = owner_of[id(p)]
+        if name != owner and owner in selected:
+            aliases[name] = owner
+    return aliases
+

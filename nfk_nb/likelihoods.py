@@ -1,0 +1,418 @@
+"""Model families: per-example (unnormalised) log-likelihood ``log p̃(x)`` and its partition term.
+
+Every family is a :class:`Likelihood`. It owns a module, says which of its parameters are θ, computes
+``log p̃`` for a batch (a tuple of tensors, the input first) and says where the partition term ``m``
+and the Fisher information come from (DESIGN §2):
+
+* ``reference == "data"``    – the fit data (``m`` = mean score over them when ``centered``);
+* ``reference == "sampler"`` – ``sampler(n_samples)`` drawn once, seeded (energy models, JEM).
+
+The functions here are plain batched PyTorch; ``functional.py`` turns them into per-example
+gradients, JVPs and VJPs with ``torch.func``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any, Union
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import NFKError, NFKTypeError
+
+Batch = tuple[Tensor, ...]
+ParamSelector = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
+
+SCORES = ("joint", "label", "predicted")
+
+
+def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[str]:
+    """Names of the parameters that make up θ.
+
+    Parameters
+    ----------
+    model : nn.Module
+    params : None, str, sequence of str or callable
+        ``None`` takes every parameter with ``requires_grad``; a string is a glob pattern
+        (``"fc2.*"``); a sequence lists names or patterns; a callable ``(name, param) -> bool``.
+
+    Returns
+    -------
+    list of str
+        Names in the module's own order (tied weights appear once).
+    """
+    named = list(model.named_parameters())
+    if params is None:
+        chosen = [n for n, p in named if p.requires_grad]
+    elif isinstance(params, str):
+        chosen = [n for n, _ in named if fnmatch.fnmatchcase(n, params)]
+    elif callable(params):
+        chosen = [n for n, p in named if params(n, p)]
+    elif isinstance(params, Sequence):
+        pats = list(params)
+        chosen = [n for n, _ in named if any(fnmatch.fnmatchcase(n, q) for q in pats)]
+    else:
+        raise NFKTypeError(
+            f"params must be None, a name pattern, a list of names or a predicate, "
+            f"not {type(params).__name__}."
+        )
+    if not chosen:
+        available = ", ".join(n for n, _ in named[:8]) + (", ..." if len(named) > 8 else "")
+        raise NFKError(
+            f"The parameter selection {params!r} selects no parameter; the model has: {available}."
+        )
+    return chosen
+
+
+class Likelihood:
+    """A custom log-likelihood: ``log_prob(model, batch) -> (B,)``.
+
+    Parameters
+    ----------
+    log_prob : callable
+        ``log_prob(model, batch)`` returns the per-example ``log p̃`` of shape ``(B,)``. ``batch`` is
+        the input tensor when the data are a plain tensor, else the tuple ``(x, y, ...)``.
+    model : nn.Module
+        The module whose parameters are θ (must be the one ``log_prob`` uses).
+    params : selector, optional
+        Restrict θ to a subset (see :func:`select_parameters`).
+    partition : {"none", "data", "sampler"}
+        Where the partition term ``m`` comes from: none (``m = 0``), the mean score over the fit data,
+        or the mean over ``sampler(n_samples)``. The Fisher information is estimated on the same set
+        (the sampler draws for ``"sampler"``, else the fit data).
+    sampler : callable, optional
+        ``sampler(n) -> Tensor`` of model samples; implies ``partition="sampler"``.
+    n_samples : int
+        Number of sampler draws (seeded with the estimator's seed).
+    """
+
+    family = "custom"
+
+    def __init__(
+        self,
+        log_prob: Callable[[nn.Module, Any], Tensor] | None,
+        model: nn.Module,
+        *,
+        params: ParamSelector = None,
+        partition: str | None = None,
+        sampler: Callable[[int], Any] | None = None,
+        n_samples: int = 1024,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise NFKTypeError(f"model must be a torch.nn.Module, not {type(model).__name__}.")
+        if partition is None:
+            partition = "sampler" if sampler is not None else "none"
+        if partition not in ("none", "data", "sampler"):
+            raise NFKError(
+                f"partition={partition!r} is not one of 'none', 'data', 'sampler'."
+            )
+        if partition == "sampler" and sampler is None:
+            raise NFKError("partition='sampler' needs a sampler: pass sampler=callable(n).")
+        if sampler is not None and not callable(sampler):
+            raise NFKTypeError("sampler must be a callable taking a number of samples.")
+        if int(n_samples) < 1:
+            raise NFKError(f"n_samples must be at least 1, got {n_samples}.")
+        self._user_log_prob = log_prob
+        self.model = model
+        self.params = params
+        self.partition = partition
+        self.sampler = sampler
+        self.n_samples = int(n_samples)
+        self.param_names = select_parameters(model, params)
+
+    # -- what the engine asks of a family -------------------------------------------------------
+    @property
+    def centered(self) -> bool:
+        """Whether a partition term ``m`` is subtracted from the scores."""
+        return self.partition != "none"
+
+    @property
+    def reference(self) -> str:
+        """``"sampler"`` or ``"data"``: the set that ``m`` and the Fisher information come from."""
+        return "sampler" if self.partition == "sampler" else "data"
+
+    @property
+    def needs_labels(self) -> bool:
+        """Whether batches must carry targets ``(x, y)``."""
+        return False
+
+    def prepare(self, batch: Batch) -> Batch:
+        """Extra per-example inputs fixed outside autodiff (e.g. a VAE's seeded noise)."""
+        return batch
+
+    def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
+        """Per-example ``log p̃`` of a batch tuple, shape ``(B,)``."""
+        arg = batch[0] if len(batch) == 1 else batch
+        return self._user_log_prob(model, arg)
+
+    def draw_reference(self, seed: int) -> Tensor:
+        """``sampler(n_samples)`` under a fixed seed, detached."""
+        with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
+            torch.manual_seed(seed)
+            out = self.sampler(self.n_samples)
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        if not isinstance(out, Tensor):
+            raise NFKTypeError(f"sampler(n) must return a tensor, not {type(out).__name__}.")
+        return out.detach()
+
+    def describe(self) -> dict[str, Any]:
+        """Settings that identify this likelihood (stored with saved estimators)."""
+        return {"family": self.family, "partition": self.partition, "n_samples": self.n_samples}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({type(self.model).__name__}, params={len(self.param_names)} "
+            f"tensors, partition={self.partition!r})"
+        )
+
+
+def _cuda_devices() -> list[int]:
+    return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def _squeeze_scalar_output(out: Tensor, who: str) -> Tensor:
+    if out.dim() == 2 and out.shape[1] == 1:
+        out = out[:, 0]
+    if out.dim() != 1:
+        raise NFKError(f"{who} must give one number per example, got output shape {tuple(out.shape)}.")
+    return out
+
+
+class Classifier(Likelihood):
+    """A classifier ``f(x) ∈ R^C`` read as a model of the data.
+
+    Parameters
+    ----------
+    net : nn.Module
+        Maps a batch of inputs to logits ``(B, C)``.
+    score : {"joint", "label", "predicted"}
+        ``"joint"``: ``log p̃(x) = logsumexp_y f(x)_y`` (JEM's energy model of x), with partition
+        term the mean score over ``sampler`` draws, or over the fit data when no sampler is given
+        (an approximation: the data stand in for model samples). ``"label"``:
+        ``log softmax(f(x))_y`` with the given label (data as ``(X, y)``). ``"predicted"``: the same
+        with ``y = argmax f(x)``. The conditional scores have ``m = 0``.
+    sampler : callable, optional
+        ``sampler(n)`` returns inputs drawn from the model (joint score only).
+    params, n_samples
+        As in :class:`Likelihood`.
+    """
+
+    family = "classifier"
+
+    def __init__(
+        self,
+        net: nn.Module,
+        score: str = "joint",
+        sampler: Callable[[int], Any] | None = None,
+        *,
+        params: ParamSelector = None,
+        n_samples: int = 1024,
+    ) -> None:
+        if score not in SCORES:
+            raise NFKError(f"score={score!r} is not one of 'joint', 'label', 'predicted'.")
+        if sampler is not None and score != "joint":
+            raise NFKError("A sampler only applies to score='joint'; the conditional scores have m = 0.")
+        partition = ("sampler" if sampler is not None else "data") if score == "joint" else "none"
+        super().__init__(
+            None, net, params=params, partition=partition, sampler=sampler, n_samples=n_samples
+        )
+        self.score = score
+
+    @property
+    def needs_labels(self) -> bool:
+        return self.score == "label"
+
+    def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
+        logits = model(batch[0])
+        if logits.dim() != 2:
+            raise NFKError(
+                f"The classifier must return logits of shape (batch, classes), got {tuple(logits.shape)}."
+            )
+        if self.score == "joint":
+            return torch.logsumexp(logits, dim=-1)
+        logp = F.log_softmax(logits, dim=-1)
+        if self.score == "label":
+            if len(batch) < 2:
+                raise NFKError("score='label' needs labels: pass the data as (X, y).")
+            y = batch[1].long().reshape(-1, 1)
+        else:
+            y = logits.argmax(dim=-1, keepdim=True)
+        return logp.gather(-1, y)[:, 0]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "score": self.score}
+
+
+class EnergyModel(Likelihood):
+    """An energy model or GAN discriminator: ``log p̃(x) = D(x)`` (logit = negative energy).
+
+    Parameters
+    ----------
+    disc : nn.Module
+        Maps inputs to one number each, shape ``(B,)`` or ``(B, 1)``.
+    sampler : callable
+        ``sampler(n)`` returns ``n`` model samples, e.g. ``lambda n: gen(torch.randn(n, 16))``. The
+        partition term ``m = mean ∇D(G(z))`` and the Fisher information come from ``n_samples`` draws
+        made once with the estimator's seed.
+    n_samples : int
+        Number of generator samples (default 1024).
+    params
+        As in :class:`Likelihood`.
+    """
+
+    family = "energy"
+
+    def __init__(
+        self,
+        disc: nn.Module,
+        sampler: Callable[[int], Any],
+        n_samples: int = 1024,
+        *,
+        params: ParamSelector = None,
+    ) -> None:
+        if sampler is None:
+            raise NFKError("EnergyModel needs a sampler: sampler(n) returning n model samples.")
+        super().__init__(
+            None, disc, params=params, partition="sampler", sampler=sampler, n_samples=n_samples
+        )
+
+    def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
+        return _squeeze_scalar_output(model(batch[0]), "The energy model / discriminator")
+
+
+class Regressor(Likelihood):
+    """Gaussian regression: ``log p(y|x) = -‖y - f(x)‖² / (2σ²)``; data as ``(X, y)``, ``m = 0``."""
+
+    family = "regression"
+
+    def __init__(self, net: nn.Module, sigma: float = 1.0, *, params: ParamSelector = None) -> None:
+        if not float(sigma) > 0:
+            raise NFKError(f"sigma must be positive, got {sigma}.")
+        super().__init__(None, net, params=params, partition="none")
+        self.sigma = float(sigma)
+
+    @property
+    def needs_labels(self) -> bool:
+        return True
+
+    def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
+        if len(batch) < 2:
+            raise NFKError("Regressor needs targets: pass the data as (X, y).")
+        pred = model(batch[0])
+        y = batch[1].to(pred.dtype).reshape(pred.shape)
+        return -((y - pred) ** 2).reshape(len(pred), -1).sum(-1) / (2 * self.sigma**2)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "sigma": self.sigma}
+
+
+class _EncoderDecoder(nn.Module):
+    def __init__(self, encoder: nn.Module, decoder: nn.Module) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+
+
+class VAE(Likelihood):
+    """A variational auto-encoder scored by its ELBO (``m = 0``).
+
+    ``ELBO(x) = mean_s log p(x | z_s) - KL(q(z|x) ‖ N(0, I))`` with ``z_s = μ + σ ε_s``. The noise
+    ``ε`` is drawn per example from a generator seeded by the example's content and ``seed``, so the
+    same input always gets the same score, whatever batch it sits in.
+
+    Parameters
+    ----------
+    encoder : nn.Module
+        Returns ``(mu, logvar)``, or one tensor ``(B, 2d)`` split into the two halves.
+    decoder : nn.Module
+        Maps ``z`` to Bernoulli logits or Gaussian means, with as many values per example as ``x``.
+    n_mc : int
+        Monte-Carlo samples per example.
+    likelihood : {"bernoulli", "gaussian"}
+        Decoder likelihood; Bernoulli expects ``x`` in [0, 1].
+    sigma : float
+        Standard deviation of the Gaussian decoder.
+    seed : int
+        Seed of the per-example noise.
+    params
+        As in :class:`Likelihood`; names are ``encoder.*`` and ``decoder.*``.
+    """
+
+    family = "vae"
+
+    def __init__(
+        self,
+        encoder: nn.Module,
+        decoder: nn.Module,
+        n_mc: int = 1,
+        likelihood: str = "bernoulli",
+        *,
+        sigma: float = 1.0,
+        seed: int = 0,
+        params: ParamSelector = None,
+    ) -> None:
+        if likelihood not in ("bernoulli", "gaussian"):
+            raise NFKError(f"likelihood={likelihood!r} is not one of 'bernoulli', 'gaussian'.")
+        if int(n_mc) < 1:
+            raise NFKError(f"n_mc must be at least 1, got {n_mc}.")
+        super().__init__(None, _EncoderDecoder(encoder, decoder), params=params, partition="none")
+        self.encoder, self.decoder = encoder, decoder
+        self.n_mc, self.likelihood, self.sigma, self.seed = int(n_mc), likelihood, float(sigma), seed
+        self._latent_dim: int | None = None
+
+    @staticmethod
+    def _split(out: Any) -> tuple[Tensor, Tensor]:
+        if isinstance(out, (tuple, list)):
+            return out[0], out[1]
+        d = out.shape[-1] // 2
+        return out[..., :d], out[..., d:]
+
+    def latent_dim(self, x: Tensor) -> int:
+        if self._latent_dim is None:
+            with torch.no_grad():
+                mu, _ = self._split(self.encoder(x[:1]))
+            self._latent_dim = int(mu.shape[-1])
+        return self._latent_dim
+
+    def prepare(self, batch: Batch) -> Batch:
+        x = batch[0]
+        d = self.latent_dim(x)
+        flat = x.detach().to("cpu", torch.float32).reshape(len(x), -1).numpy()
+        noise = torch.empty(len(x), self.n_mc, d, dtype=torch.float64)
+        gen = torch.Generator()
+        for i, row in enumerate(flat):
+            digest = hashlib.blake2b(row.tobytes(), digest_size=8, key=str(self.seed).encode())
+            gen.manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
+            noise[i] = torch.randn(self.n_mc, d, generator=gen, dtype=torch.float64)
+        return (x, noise.to(x.device, x.dtype if x.is_floating_point() else torch.float32))
+
+    def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
+        x, eps = batch[0], batch[-1]
+        mu, logvar = self._split(model.encoder(x))
+        z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, S, d)
+        out = model.decoder(z.reshape(-1, z.shape[-1]))
+        out = out.reshape(x.shape[0], self.n_mc, -1)
+        target = x.reshape(x.shape[0], 1, -1).expand_as(out)
+        if self.likelihood == "bernoulli":
+            rec = -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)
+        else:
+            d = out.shape[-1]
+            rec = -((target - out) ** 2).sum(-1) / (2 * self.sigma**2) - 0.5 * d * torch.log(
+                torch.tensor(2 * torch.pi * self.sigma**2, dtype=out.dtype, device=out.device)
+            )
+        kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
+        return rec.mean(1) - kl
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            **super().describe(),
+            "n_mc": self.n_mc,
+            "likelihood": self.likelihood,
+            "sigma": self.sigma,
+            "seed": self.seed,
+        }

@@ -1,0 +1,31 @@
+"""An independent oracle: per-example gradients by plain autograd loops, Fisher vectors, kernel."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def per_example_grads(model: nn.Module, names: list[str], logp_one, examples) -> torch.Tensor:
+    """Rows ``∇_θ log p̃(x_i)`` by one ``torch.autograd.grad`` call per example."""
+    params = dict(model.named_parameters())
+    chosen = [params[n] for n in names]
+    rows = []
+    for ex in examples:
+        out = logp_one(ex)
+        grads = torch.autograd.grad(out, chosen, allow_unused=True)
+        rows.append(torch.cat([
+            (g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, chosen)
+        ]))
+    return torch.stack(rows)
+
+
+def fisher_vectors(G_data, G_ref, centered: bool, kind: str, damping: float):
+    m = G_ref.mean(0) if centered else torch.zeros(G_ref.shape[1], dtype=G_ref.dtype)
+    if kind == "identity":
+        scale = torch.ones_like(m)
+    else:
+        diag = ((G_ref - m) ** 2).mean(0)
+        damped = diag + damping * diag.mean()
+        scale = torch.where(damped > 0, damped.clamp_min(1e-300).rsqrt(), torch.zeros_like(damped))
+    return (G_data - m) * scale
