@@ -1,0 +1,28 @@
+"""Run a tutorial notebook through papermill with small parameters and read its records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import papermill as pm
+
+from nfk_nb.records import read_records
+
+ROOT = Path(__file__).resolve().parents[1]
+NOTEBOOKS = ROOT / "notebooks"
+KERNEL = "nfk_nb"
+
+
+def run_notebook(name: str, out_dir: Path, parameters: dict[str, Any] | None = None,
+                 timeout: int = 300) -> dict[str, Any]:
+    """Execute ``notebooks/<name>`` into ``out_dir``; return its ``nfk.record`` values.
+
+    Raises papermill's ``PapermillExecutionError`` if any cell errors.
+    """
+    out = Path(out_dir) / name
+    pm.execute_notebook(
+        str(NOTEBOOKS / name), str(out), parameters=parameters or {}, kernel_name=KERNEL,
+        execution_timeout=timeout, progress_bar=False, cwd=str(NOTEBOOKS),
+    )
+    return read_records(out)
