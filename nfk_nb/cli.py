@@ -16,6 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str, str]] = {
     "run": ("nfk_nb.report", "add_run_arguments", "run_command"),
     "enable-extension": ("nfk_nb.magics", "add_enable_arguments", "enable_command"),
     "fit": ("nfk_nb.launch", "add_fit_arguments", "fit_command"),
+    "strip": ("nfk_nb.report", "add_strip_arguments", "strip_command"),
 }
 
 

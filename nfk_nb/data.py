@@ -1,9 +1,15 @@
 """Bundled data: scikit-learn's digits (shipped inside scikit-learn) and generated toy sets.
 
-Nothing here downloads: digits come from scikit-learn's package data, toy sets are generated.
+Nothing here downloads: digits come from scikit-learn's package data, toy sets are generated, and
+MNIST (IDX) / CIFAR-10 (binary batches) are read from files the user already has.
 """
 
 from __future__ import annotations
+
+import gzip
+import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -64,3 +70,117 @@ def make_blobs(n: int = 512, centers: int = 4, dim: int = 2, spread: float = 0.5
     y = rng.integers(0, centers, n)
     X = mu[y] + rng.normal(0, spread, (n, dim))
     return torch.tensor(X, dtype=dtype), torch.tensor(y, dtype=torch.long)
+
+
+# -- local MNIST / CIFAR-10 files (read from disk; nothing is downloaded) -------------------------
+
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+CIFAR10_RECORD = 1 + 3 * 32 * 32
+
+
+def _read_bytes(path: str | os.PathLike) -> bytes:
+    """File contents, gunzipped when the file starts with the gzip magic (whatever its name)."""
+    p = Path(path)
+    if not p.is_file():
+        raise NFKError(f"No file at {str(p)!r}.")
+    raw = p.read_bytes()
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return raw
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """An IDX array (the MNIST file format: ``00 00 TYPE NDIM``, big-endian int32 dims, data)."""
+    raw = _read_bytes(path)
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise NFKError(f"{str(path)!r} is not an IDX file (bad magic number).")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise NFKError(f"{str(path)!r} is truncated: its IDX header is incomplete.")
+    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", ndim, 4))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    need = header + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if len(raw) != need:
+        raise NFKError(f"{str(path)!r} holds {len(raw)} bytes but its header {shape} says {need}.")
+    return np.frombuffer(raw, dtype, offset=header).reshape(shape)
+
+
+def read_mnist_idx(
+    images_path: str | os.PathLike, labels_path: str | os.PathLike | None = None, *,
+    flatten: bool = True, dtype: torch.dtype = torch.float32,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Read MNIST-style IDX files (``train-images-idx3-ubyte[.gz]`` and its labels) from disk.
+
+    Parameters
+    ----------
+    images_path : path-like
+        IDX file of images, shape (n, rows, cols); gzipped or not.
+    labels_path : path-like, optional
+        IDX file of labels, shape (n,).
+    flatten : bool
+        Return images as (n, rows·cols) (like :func:`load_digits`), else (n, 1, rows, cols).
+    dtype : torch.dtype
+
+    Returns
+    -------
+    X : Tensor, or (X, y) when ``labels_path`` is given
+        Unsigned-byte images are scaled to [0, 1]; labels are int64.
+    """
+    images = read_idx(images_path)
+    if images.ndim != 3:
+        raise NFKError(f"{str(images_path)!r} has shape {images.shape}; MNIST images are (n, rows, cols).")
+    scale = 255.0 if images.dtype == np.uint8 else 1.0
+    X = torch.tensor(images.astype(np.float64) / scale, dtype=dtype)
+    X = X.reshape(len(X), -1) if flatten else X.unsqueeze(1)
+    if labels_path is None:
+        return X
+    labels = read_idx(labels_path)
+    if labels.ndim != 1 or len(labels) != len(X):
+        raise NFKError(f"{str(labels_path)!r} has shape {labels.shape}; expected ({len(X)},) labels.")
+    return X, torch.tensor(labels.astype(np.int64))
+
+
+def read_cifar10_binary(
+    path: str | os.PathLike | Sequence[str | os.PathLike], *, flatten: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor]:
+    """Read CIFAR-10 *binary* batches (``data_batch_N.bin``, ``test_batch.bin``) from disk.
+
+    Each record is 1 label byte then 3,072 pixel bytes (1,024 red, 1,024 green, 1,024 blue, rows in
+    order). The pickled "python version" of CIFAR-10 is deliberately not supported: unpickling runs
+    arbitrary code.
+
+    Parameters
+    ----------
+    path : path-like or sequence of them
+        One batch file, or several read in order and concatenated (gzipped or not).
+    flatten : bool
+        Return images as (n, 3072), else (n, 3, 32, 32).
+    dtype : torch.dtype
+
+    Returns
+    -------
+    X, y : Tensor
+        Images scaled to [0, 1]; labels 0..9 (int64).
+    """
+    paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+    if not paths:
+        raise NFKError("read_cifar10_binary needs at least one file.")
+    records = []
+    for p in paths:
+        raw = _read_bytes(p)
+        if not raw or len(raw) % CIFAR10_RECORD:
+            raise NFKError(
+                f"{str(p)!r} holds {len(raw)} bytes, not a multiple of {CIFAR10_RECORD} "
+                f"(1 label byte + 3072 pixel bytes): not a CIFAR-10 binary batch."
+            )
+        records.append(np.frombuffer(raw, np.uint8).reshape(-1, CIFAR10_RECORD))
+    data = np.concatenate(records)
+    labels = data[:, 0].astype(np.int64)
+    if labels.max() > 9:
+        raise NFKError(f"Labels above 9 found in {[str(p) for p in paths]}: not CIFAR-10 binary batches.")
+    X = torch.tensor(data[:, 1:].astype(np.float64) / 255.0, dtype=dtype)
+    if not flatten:
+        X = X.reshape(-1, 3, 32, 32)
+    return X, torch.tensor(labels)

@@ -18,12 +18,30 @@ Batch = tuple[Tensor, ...]
 def _as_tensor(a: Any, what: str) -> Tensor:
     if isinstance(a, Tensor):
         return a
-    if isinstance(a, np.ndarray):
-        return torch.from_numpy(a)
+    if isinstance(a, np.ndarray) or hasattr(a, "__array__"):  # NumPy, pandas, ...
+        arr = np.asarray(a)
+        if arr.dtype == object or arr.dtype.kind in "USV":
+            raise NFKTypeError(
+                f"{what} has NumPy dtype {arr.dtype}; convert it to a numeric array first."
+            )
+        return torch.from_numpy(arr)
     raise NFKTypeError(
         f"{what} must be a torch.Tensor, a NumPy array, an (X, y) tuple, a Dataset or a DataLoader, "
         f"not {type(a).__name__}."
     )
+
+
+def check_finite(tensors: Batch, first_index: int = 0) -> None:
+    """Refuse NaN or infinite values in the floating parts of a batch, naming the first bad example."""
+    for t in tensors:
+        if (t.is_floating_point() or t.is_complex()) and t.dim() and t.numel():
+            bad = ~torch.isfinite(t.reshape(len(t), -1)).all(1)
+            if bool(bad.any()):
+                row = first_index + int(bad.nonzero()[0])
+                raise NFKError(
+                    f"The data contain NaN or infinite values (first at example {row}); remove or "
+                    f"impute them before computing the NFK."
+                )
 
 
 def _as_tuple(batch: Any) -> Batch:
@@ -78,6 +96,7 @@ class DataSource:
                     )
             self._tensors = tensors
             self.n = n
+            check_finite(tensors)
         if self.n == 0:
             raise NFKError("The data are empty: there is nothing to embed.")
 
@@ -96,8 +115,12 @@ class DataSource:
                 yield tuple(t[start : start + self.batch_size] for t in self._tensors)
         else:
             assert self._loader is not None
+            start = 0
             for batch in self._loader:
-                yield _as_tuple(batch)
+                batch = _as_tuple(batch)
+                check_finite(batch, start)  # loaders are streamed: checked batch by batch
+                start += len(batch[0])
+                yield batch
 
     def first(self) -> Batch:
         """The first batch (used for shape checks)."""

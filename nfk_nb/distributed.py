@@ -1,10 +1,24 @@
 """Sums and gathers over processes. A single process is the identity; ``torch.distributed`` plugs in.
 
 The low-rank fit touches other processes only through :class:`Reducer`: sums over examples
-(VJP products, score moments, counts) and gathers of the small N×l sketch for its QR.
+(VJP products, score moments, counts) and gathers of the small N×l sketch for its QR. When
+``torch.distributed`` is initialised, :func:`get_reducer` returns a :class:`TorchDistributedReducer`
+and ``LowRankNFK.fit(X_local)`` treats ``X_local`` as this process's shard:
+
+* per-example products (JVPs) stay local; sums over examples are all-reduced;
+* the sketch ``Y`` (N×l) is gathered in rank order, so its QR, the small SVD and the random test
+  matrix (same seed) are the same on every rank: the fitted state is identical everywhere;
+* sampler draws (energy models) are made in full on every rank, each keeping a disjoint slice.
+
+Every method of a reducer is a collective: all ranks call it, in the same order. Backends: gloo
+for CPU tensors, NCCL for CUDA (tensors are moved to the backend's device and back). Launchers live
+in ``nfk_nb.launch``.
 """
 
 from __future__ import annotations
+
+import os
+from datetime import timedelta
 
 import torch
 from torch import Tensor
@@ -33,6 +47,153 @@ class Reducer:
         return int(self.sum(torch.tensor([n], dtype=torch.float64))[0].item())
 
 
+# Values moved by this process's collectives since the last reset (for benchmarks and tests):
+# "sum" counts all-reduced elements, "gather" the elements received by all-gathers (padding included).
+COMM_STATS: dict[str, int] = {"sum": 0, "gather": 0, "collectives": 0}
+
+
+def reset_comm_stats() -> dict[str, int]:
+    """Zero :data:`COMM_STATS` and return the counts it held."""
+    old = dict(COMM_STATS)
+    for key in COMM_STATS:
+        COMM_STATS[key] = 0
+    return old
+
+
+class TorchDistributedReducer(Reducer):
+    """Reducer over the default ``torch.distributed`` process group.
+
+    Parameters
+    ----------
+    group : ProcessGroup, optional
+        The process group (default: the global one).
+    """
+
+    def __init__(self, group: object | None = None) -> None:
+        import torch.distributed as dist
+
+        self._dist = dist
+        self.group = group
+        self.rank = dist.get_rank(group)
+        self.world_size = dist.get_world_size(group)
+        backend = str(dist.get_backend(group)).lower()
+        # NCCL only moves CUDA tensors, gloo is used here for CPU tensors
+        if "nccl" in backend:
+            self.comm_device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.comm_device = torch.device("cpu")
+
+    def _to_comm(self, t: Tensor) -> Tensor:
+        # a private, contiguous copy: collectives work in place and must not alter the caller's tensor
+        return t.detach().to(self.comm_device, copy=True).contiguous()
+
+    def sum(self, t: Tensor) -> Tensor:
+        """All-reduce (SUM) ``t``; returns a new tensor on ``t``'s device."""
+        buf = self._to_comm(t)
+        self._dist.all_reduce(buf, op=self._dist.ReduceOp.SUM, group=self.group)
+        COMM_STATS["sum"] += buf.numel()
+        COMM_STATS["collectives"] += 1
+        return buf.to(t.device)
+
+    def _sizes(self, n: int) -> list[int]:
+        mine = torch.tensor([n], dtype=torch.int64, device=self.comm_device)
+        sizes = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        self._dist.all_gather(sizes, mine, group=self.group)
+        return [int(s.item()) for s in sizes]
+
+    def gather_rows(self, t: Tensor) -> Tensor:
+        """All-gather row blocks of uneven sizes: pad to the largest, gather, trim, concatenate."""
+        sizes = self._sizes(len(t))
+        biggest = max(sizes)
+        buf = torch.zeros((biggest, *t.shape[1:]), dtype=t.dtype, device=self.comm_device)
+        buf[: len(t)] = t.detach().to(self.comm_device)
+        parts = [torch.empty_like(buf) for _ in range(self.world_size)]
+        self._dist.all_gather(parts, buf, group=self.group)
+        COMM_STATS["gather"] += buf.numel() * self.world_size
+        COMM_STATS["collectives"] += 1
+        return torch.cat([p[:s] for p, s in zip(parts, sizes)]).to(t.device)
+
+    def local_rows(self, full: Tensor, n_local: int) -> Tensor:
+        """Rows ``[offset, offset + n_local)`` of ``full``, offset = rows of the lower ranks."""
+        sizes = self._sizes(n_local)
+        start = sum(sizes[: self.rank])
+        if sum(sizes) != len(full):
+            raise RuntimeError(
+                f"local_rows: the gathered matrix has {len(full)} rows but the shards add up to "
+                f"{sum(sizes)}."
+            )
+        return full[start : start + n_local]
+
+
 def get_reducer() -> Reducer:
     """The reducer for the current process group (single-process when none is initialised)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        return TorchDistributedReducer()
     return Reducer()
+
+
+# -- helpers shared by the launchers and the estimator ----------------------------------------------
+
+
+def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
+    """Rows ``[lo, hi)`` of an even contiguous split of ``n`` rows (the first ``n % world_size``
+    ranks get one more), so concatenating the shards in rank order gives back the data."""
+    base, extra = divmod(int(n), int(world_size))
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)
+
+
+def shard_sizes(n: int, world_size: int) -> list[int]:
+    """Sizes of the shards of :func:`shard_bounds`, in rank order."""
+    return [hi - lo for lo, hi in (shard_bounds(n, world_size, r) for r in range(world_size))]
+
+
+def default_backend(device: torch.device | str | None = None) -> str:
+    """``"nccl"`` for CUDA devices (when NCCL is built in), else ``"gloo"``."""
+    import torch.distributed as dist
+
+    dev = torch.device(device) if device is not None else None
+    if dev is not None and dev.type == "cuda" and dist.is_nccl_available():
+        return "nccl"
+    return "gloo"
+
+
+def env_rank_info() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from torchrun's variables, else SLURM's, else ``(0, 1, 0)``."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
+    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
+    return 0, 1, 0
+
+
+def init_from_env(device: str | torch.device | None = None, timeout_s: float = 600.0) -> torch.device:
+    """Join the process group described by the environment; returns this process's device.
+
+    torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
+    under ``srun`` without torchrun the ``SLURM_*`` variables are used (``MASTER_ADDR`` and
+    ``MASTER_PORT`` must then be exported by the batch script). One GPU per process:
+    ``cuda:LOCAL_RANK`` when CUDA is present (NCCL), else the CPU (gloo). A world of one process
+    initialises nothing. ``timeout_s`` bounds every collective, so a lost peer ends the job.
+    """
+    import torch.distributed as dist
+
+    rank, world, local_rank = env_rank_info()
+    if device is None:
+        dev = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    else:
+        dev = torch.device(device)
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", "29500")
+        dist.init_process_group(
+            default_backend(dev), rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
+        )
+    return dev

@@ -19,6 +19,7 @@ from .errors import NFKError, NFKMemoryError
 from .fisher import DEFAULT_DAMPING, FisherEstimate, accumulation_dtype, estimate_fisher
 from .functional import LogProbOperator, default_device, model_dtype
 from .likelihoods import Likelihood
+from .validation import check_source
 
 
 def available_memory(device: torch.device) -> int:
@@ -100,6 +101,7 @@ def fisher_vectors(
     check_memory(source.n * op.P, accumulation_dtype(op.dtype), op.device, "Fisher vectors",
                  max_memory)
     with eval_mode(lik.model):
+        check_source(op, source)
         est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
         return _vectors(op, source, est).cpu()
 
@@ -130,6 +132,9 @@ def fisher_kernel(
     check_memory((source.n + (0 if Z is None else m)) * op.P + source.n * m, acc, op.device,
                  "Fisher kernel", max_memory)
     with eval_mode(lik.model):
+        check_source(op, source)
+        if Z is not None:
+            check_source(op, other)
         est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
         VX = _vectors(op, source, est)
         VZ = VX if Z is None else _vectors(op, other, est)

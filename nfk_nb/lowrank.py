@@ -15,8 +15,11 @@ matrix-free products of ``products.py``. With ``l = rank + oversample`` columns:
 
 from __future__ import annotations
 
+import json
+import numbers
 import os
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -26,6 +29,7 @@ from torch import Tensor
 
 from ._modes import eval_mode
 from ._progress import make_bar
+from .checkpoint import FitCheckpoint, tensors_digest
 from .datasource import DataSource, as_source
 from .distributed import Reducer, get_reducer
 from .errors import NFKError, NFKTypeError
@@ -41,6 +45,7 @@ from .functional import LogProbOperator, default_device, model_dtype
 from .likelihoods import Batch, Likelihood
 from .products import FisherVectorProducts
 from .serialization import load_state, save_state
+from .validation import check_finite_columns, check_finite_rows, check_inputs, check_labels
 
 
 def svd_flip_rows(Wt: Tensor) -> Tensor:
@@ -48,6 +53,23 @@ def svd_flip_rows(Wt: Tensor) -> Tensor:
     idx = Wt.abs().argmax(dim=1)
     signs = torch.sign(Wt[torch.arange(len(Wt)), idx])
     return torch.where(signs == 0, torch.ones_like(signs), signs)
+
+
+def _jsonable(value: Any) -> Any:
+    """A JSON-friendly stand-in for a setting (dtypes and other objects become strings)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return repr(value)
+
+
+def _lik_text(described: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in described.items())
 
 
 def _orth(Y: Tensor) -> Tensor:
@@ -141,10 +163,12 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                 f"lik must be an nfk_nb likelihood (Classifier, EnergyModel, VAE, Regressor or "
                 f"Likelihood), not {type(self.lik).__name__}."
             )
+        if isinstance(self.damping, bool) or not isinstance(self.damping, numbers.Real):
+            raise NFKTypeError(f"damping must be a number, got {self.damping!r}.")
         check_fisher(self.fisher, self.damping)
-        for name in ("rank", "power_iters", "oversample", "batch_size"):
+        for name in ("rank", "power_iters", "oversample", "batch_size", "seed"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise NFKTypeError(f"{name} must be an integer, got {value!r}.")
         if self.rank < 1:
             raise NFKError(f"rank must be at least 1, got {self.rank}.")
@@ -152,6 +176,27 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             raise NFKError("power_iters and oversample must be non-negative.")
         if self.batch_size < 1:
             raise NFKError(f"batch_size must be at least 1, got {self.batch_size}.")
+        if self.chunk_size is not None and (
+            isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, numbers.Integral)
+            or self.chunk_size < 1
+        ):
+            raise NFKError(f"chunk_size must be None or a positive integer, got {self.chunk_size!r}.")
+        if self.dtype is not None and not (
+            isinstance(self.dtype, torch.dtype) and self.dtype.is_floating_point
+        ):
+            raise NFKTypeError(
+                f"dtype must be None or a floating torch dtype such as torch.float64, got {self.dtype!r}."
+            )
+        if not (isinstance(self.progress, bool) or callable(self.progress)):
+            raise NFKTypeError(f"progress must be True, False or a tqdm-like factory, got {self.progress!r}.")
+        try:
+            device = default_device(self.device)
+        except (RuntimeError, TypeError, ValueError):
+            raise NFKError(
+                f"device={self.device!r} is not a torch device; use e.g. 'cpu', 'cuda' or 'cuda:1'."
+            ) from None
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise NFKError(f"device={self.device!r} asks for CUDA, which is not available here; use 'cpu'.")
 
     def _operator(self) -> LogProbOperator:
         op = getattr(self, "_op", None)
@@ -164,20 +209,37 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
 
     def _source(self, X: Any, y: Any = None) -> DataSource:
         source = as_source(X, self.batch_size, y)
-        if self.lik.needs_labels and not source.has_labels:
-            raise NFKError(
-                f"{type(self.lik).__name__} with this score needs labels: pass the data as (X, y)."
-            )
+        check_labels(self.lik, source)
         return source
 
     # -- fitting --------------------------------------------------------------------------------
-    def fit(self, X: Any, y: Any = None) -> LowRankNFK:
-        """Fit on data ``X`` (tensor, ``(X, y)``, Dataset or DataLoader); returns ``self``."""
-        self.fit_transform(X, y)
+    def fit(self, X: Any, y: Any = None, checkpoint: str | os.PathLike | None = None) -> LowRankNFK:
+        """Fit on data ``X`` (tensor, ``(X, y)``, Dataset or DataLoader); returns ``self``.
+
+        ``checkpoint`` makes the fit resumable after a crash (see :meth:`fit_transform`).
+        """
+        self.fit_transform(X, y, checkpoint=checkpoint)
         return self
 
-    def fit_transform(self, X: Any, y: Any = None) -> Tensor:
-        """Fit and return the embedding of ``X``, shape (N, k), on the CPU."""
+    def fit_transform(
+        self, X: Any, y: Any = None, checkpoint: str | os.PathLike | None = None
+    ) -> Tensor:
+        """Fit and return the embedding of ``X``, shape (N, k), on the CPU.
+
+        Parameters
+        ----------
+        X : Tensor, ndarray, (X, y) tuple, Dataset or DataLoader
+            The data (a DataLoader must not shuffle).
+        y : Tensor, optional
+            Targets for a plain tensor ``X`` when the score needs labels.
+        checkpoint : path-like, optional
+            File where the fit's state is saved, atomically, after each pass over the data (the
+            Fisher estimate, the trace, the current sketch matrix; safetensors + JSON, never pickle).
+            Running the same call again after a crash, even SIGKILL, resumes after the last finished
+            pass and gives the same embedding as an uninterrupted fit (bitwise on the CPU). A
+            checkpoint made for another model, data size or setting is refused with a message that
+            names the difference. The file is deleted when the fit succeeds.
+        """
         self._check_params()
         self._op = None
         start = time.perf_counter()
@@ -194,6 +256,9 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         l = min(self.rank + self.oversample, n_total, P)
         acc = accumulation_dtype(op.dtype)
         with eval_mode(self.lik.model):
+            check_inputs(op, source)
+            ckpt = self._checkpoint(checkpoint, op, source, n_total, reducer)
+            state = ckpt.load() if ckpt is not None else None
             reference, n_ref = self._reference_batches(source)
             fisher_passes = 2 if self.lik.centered else 1
             trace_pass = self.lik.reference == "sampler"
@@ -202,23 +267,29 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             bar = make_bar(total, "NFK fit", self.progress)
             try:
                 tick = bar.update
-                fisher, sq = estimate_fisher(
-                    op,
-                    reference,
-                    centered=self.lik.centered,
-                    kind=self.fisher,
-                    damping=self.damping,
-                    reducer=reducer,
-                    tick=tick,
-                )
-                if trace_pass:
-                    sq, _ = score_moment(op, iter(source), fisher.mean, 2, reducer, tick)
-                trace = float((sq * fisher.scale.to(sq.dtype) ** 2).sum())
+                if state is not None:
+                    tick(n_ref * fisher_passes)  # resumed: finished passes count as done
+                fisher, trace = self._fisher_and_trace(op, source, reference, reducer, tick, ckpt, state)
                 products = FisherVectorProducts(op, lambda: iter(source), fisher, reducer, tick)
-                Wt, S = self._sketch(products, reducer, l, P, acc)
+                resume, save = None, None
+                if ckpt is not None:
+                    tensors, info = state if state is not None else ({}, {})
+                    if "sketch" in tensors:
+                        resume = (int(info["sketch_passes"]), tensors["sketch"].to(op.device))
+                        tick(source.n * resume[0])
+
+                    def save(passes: int, M: Tensor) -> None:
+                        ckpt.save({"fisher_mean": fisher.mean, "fisher_diag": fisher.diag, "sketch": M},
+                                  {"n_reference": fisher.n_reference, "trace": trace,
+                                   "sketch_passes": passes})
+
+                Wt, S = self._sketch(products, reducer, l, P, acc, resume=resume, save=save)
                 embedding = products.matvec(Wt)
+                check_finite_rows(embedding, "embedding")
             finally:
                 bar.close()
+        if ckpt is not None:
+            ckpt.remove()
         self.fisher_ = fisher
         self.components_ = Wt.cpu()
         self.singular_values_ = S.cpu()
@@ -232,34 +303,128 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         self.fit_time_ = time.perf_counter() - start
         return self.embedding_
 
+    def _checkpoint(
+        self, path: Any, op: LogProbOperator, source: DataSource, n_total: int, reducer: Reducer
+    ) -> FitCheckpoint | None:
+        """The fit's checkpoint, identified by everything that changes its numbers."""
+        if path is None:
+            return None
+        skip = ("lik", "progress", "device", "whiten")  # these do not change the saved state
+        params = {k: _jsonable(v) for k, v in self.get_params().items() if k not in skip}
+        identity: dict[str, Any] = {
+            "params": params,
+            "likelihood": self.lik.describe(),
+            "model": op.space.fingerprint(),
+            "weights": tensors_digest({**op.theta, **op.frozen}),
+            "compute_dtype": str(op.dtype),
+            "n_samples": n_total,
+            "data": tensors_digest(list(source.first())),
+        }
+        world = int(getattr(reducer, "world_size", 1))
+        if world > 1:
+            identity["n_local"] = source.n
+            identity["world"] = [int(reducer.rank), world]
+        identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
+        return FitCheckpoint(path, identity, int(getattr(reducer, "rank", 0)), world)
+
+    def _fisher_and_trace(
+        self,
+        op: LogProbOperator,
+        source: DataSource,
+        reference: Callable[[], Iterable[Batch]],
+        reducer: Reducer,
+        tick: Callable[[int], None],
+        ckpt: FitCheckpoint | None,
+        state: tuple[dict[str, Tensor], dict[str, Any]] | None,
+    ) -> tuple[FisherEstimate, float]:
+        """The Fisher estimate and ``trace K``: from the checkpoint when it holds them, else computed."""
+        tensors, info = state if state is not None else ({}, {})
+        trace = info.get("trace")
+        if "fisher_mean" in tensors:
+            fisher = FisherEstimate(tensors["fisher_mean"].to(op.device),
+                                    tensors["fisher_diag"].to(op.device), int(info["n_reference"]),
+                                    self.fisher, float(self.damping))
+        else:
+            fisher, sq = estimate_fisher(op, reference, centered=self.lik.centered, kind=self.fisher,
+                                         damping=self.damping, reducer=reducer, tick=tick)
+            if self.lik.reference != "sampler":  # the fit data are the reference set
+                trace = float((sq * fisher.scale.to(sq.dtype) ** 2).sum())
+            self._save_stage(ckpt, fisher, trace)
+        if trace is None:  # one more pass: ‖v(x)‖² summed over the fit data
+            sq, _ = score_moment(op, iter(source), fisher.mean, 2, reducer, tick)
+            trace = float((sq * fisher.scale.to(sq.dtype) ** 2).sum())
+            self._save_stage(ckpt, fisher, trace)
+        elif self.lik.reference == "sampler" and state is not None and "fisher_mean" in tensors:
+            tick(source.n)  # the trace pass was finished before the crash
+        return fisher, trace
+
+    @staticmethod
+    def _save_stage(ckpt: FitCheckpoint | None, fisher: FisherEstimate, trace: float | None) -> None:
+        if ckpt is not None:
+            ckpt.save({"fisher_mean": fisher.mean, "fisher_diag": fisher.diag},
+                      {"n_reference": fisher.n_reference, "trace": trace, "sketch_passes": 0})
+
     def _reference_batches(self, source: DataSource) -> tuple[Callable[[], Iterable[Batch]], int]:
-        """The reference set of ``m`` and the Fisher information, and its size."""
+        """The reference set of ``m`` and the Fisher information, and this process's size of it.
+
+        Sampler draws are made in full (seeded) on every process and each keeps a disjoint slice,
+        so the sums over processes are those of a single process.
+        """
         if self.lik.reference == "sampler":
-            source = DataSource(self.lik.draw_reference(self.seed), self.batch_size)
+            from .distributed import shard_bounds
+
+            draws = self.lik.draw_reference(self.seed)
+            reducer = get_reducer()
+            lo, hi = shard_bounds(len(draws), reducer.world_size, reducer.rank)
+            if hi == lo:  # more processes than draws: this one only joins the sums
+                return (lambda: iter(())), 0
+            source = DataSource(draws[lo:hi], self.batch_size)
         return (lambda: iter(source)), source.n
 
     def _sketch(
-        self, products: FisherVectorProducts, reducer: Reducer, l: int, P: int, acc: torch.dtype
+        self,
+        products: FisherVectorProducts,
+        reducer: Reducer,
+        l: int,
+        P: int,
+        acc: torch.dtype,
+        *,
+        resume: tuple[int, Tensor] | None = None,
+        save: Callable[[int, Tensor], None] | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Range finder with power iterations, then the thin SVD of ``B = Qᵀ V``."""
-        gen = torch.Generator().manual_seed(int(self.seed))
-        omega = torch.randn(l, P, generator=gen, dtype=torch.float64).to(acc)
+        """Range finder with power iterations, then the thin SVD of ``B = Qᵀ V``.
+
+        The 2q + 2 passes alternate ``Y = V Uᵀ`` (even) and ``Z = Aᵀ V`` (odd). ``resume`` is
+        ``(finished passes, latest matrix)`` from a checkpoint; ``save(finished, matrix)`` is called
+        after each pass. Each pass's output is checked for non-finite values (cheap next to the pass).
+        """
 
         def orth_rows(Y: Tensor) -> Tensor:
             full = reducer.gather_rows(Y)
             return reducer.local_rows(_orth(full), len(Y))
 
-        Y = products.matvec(omega)
-        del omega
-        for _ in range(self.power_iters):
-            Z = products.rmatvec(orth_rows(Y))  # (l, P)
-            Z = _orth(Z.T).T
-            Y = products.matvec(Z)
-        B = products.rmatvec(orth_rows(Y))  # (l, P) = Qᵀ V
-        _, S, Wt = torch.linalg.svd(B, full_matrices=False)
+        n_passes = 2 * self.power_iters + 2
+        done, M = resume if resume is not None else (0, None)
+        for j in range(done, n_passes):
+            if j == 0:
+                gen = torch.Generator().manual_seed(int(self.seed))
+                omega = torch.randn(l, P, generator=gen, dtype=torch.float64).to(acc)
+                M = products.matvec(omega)  # Y = V Ωᵀ  (n, l)
+                del omega
+            elif j % 2 == 1:
+                Z = products.rmatvec(orth_rows(M))  # (l, P); the last one is B = Qᵀ V
+                check_finite_columns(Z, products.op, "sketch product Qᵀ V")
+                M = Z if j == n_passes - 1 else _orth(Z.T).T
+            else:
+                M = products.matvec(M)  # Y = V Zᵀ
+            if j % 2 == 0:
+                check_finite_rows(M, "sketch product V Uᵀ")
+            if save is not None:
+                save(j + 1, M)
+        _, S, Wt = torch.linalg.svd(M, full_matrices=False)
         k = self.rank
         Wt, S = Wt[:k], S[:k]
-        Wt = Wt * svd_flip_rows(Wt)[:, None]
+        Wt = (Wt * svd_flip_rows(Wt)[:, None]).contiguous()  # row-major, as it is saved and loaded
         return Wt, S
 
     # -- using a fit ----------------------------------------------------------------------------
@@ -274,10 +439,12 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         op = self._operator()
         fisher = self.fisher_
         with eval_mode(self.lik.model):
+            check_inputs(op, source)
             bar = make_bar(source.n, "NFK transform", self.progress)
             try:
                 products = FisherVectorProducts(op, lambda: iter(source), fisher, None, bar.update)
                 emb = products.matvec(self.components_)
+                check_finite_rows(emb, "embedding")
             finally:
                 bar.close()
         if self.whiten:
@@ -286,7 +453,13 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
 
     # -- persistence --------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> None:
-        """Save the fitted state (safetensors + JSON metadata, atomic; never pickled)."""
+        """Save the fitted state to ``path`` (safetensors + JSON metadata; atomic; never pickled).
+
+        The file holds the tensors (components, singular values, Fisher estimate, embedding of the
+        fit data) and, as JSON, the format version, the package version, the settings, the
+        likelihood's description, a fingerprint of θ (names and shapes), a digest of the weights
+        and SHA-256 checksums of the tensors and of the metadata.
+        """
         self._check_fitted()
         from . import __version__
 
@@ -298,14 +471,15 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             "fisher_diag": self.fisher_.diag,
             "embedding": self.embedding_,
         }
-        params = {k: v for k, v in self.get_params().items() if k not in ("lik", "progress")}
-        params["dtype"] = None if self.dtype is None else str(self.dtype).removeprefix("torch.")
+        params = {k: _jsonable(v) for k, v in self.get_params().items() if k not in ("lik", "progress")}
         params["device"] = None if self.device is None else str(self.device)
+        op = self._operator()
         meta = {
             "package_version": __version__,
             "params": params,
             "likelihood": self.lik.describe(),
-            "fingerprint": self._operator().space.fingerprint(),
+            "fingerprint": op.space.fingerprint(),
+            "weights": tensors_digest({**op.theta, **op.frozen}),
             "fisher": {"kind": self.fisher_.kind, "damping": self.fisher_.damping,
                        "n_reference": self.fisher_.n_reference},
             "fitted": {"n_samples_fit": self.n_samples_fit_, "n_params": self.n_params_,
@@ -318,31 +492,86 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         """Load a saved estimator for ``lik``; refuses files made for another model.
 
         Tensors load on the CPU and computations run on ``device`` (default: CUDA when present),
-        so a fit saved on a GPU loads on a CPU-only machine.
+        so a fit saved on a GPU loads on a CPU-only machine. Nothing is unpickled.
+
+        Raises
+        ------
+        NFKError
+            The file is missing, truncated or altered (checksums), or was saved for a model whose
+            parameter names or shapes differ, or for another likelihood (family, score, ...).
+
+        Warns
+        -----
+        UserWarning
+            The model has the saved parameter names and shapes but other weights (e.g. retrained).
         """
         tensors, meta = load_state(path)
-        params = dict(meta["params"])
-        params["dtype"] = None if params.get("dtype") is None else getattr(torch, params["dtype"])
-        params["device"] = device
-        est = cls(lik, **params)
-        fingerprint = est._operator().space.fingerprint()
-        if fingerprint != meta["fingerprint"]:
+        where = repr(str(path))
+        try:
+            est = cls._from_meta(lik, meta, device)
+            op = est._operator()
+            if meta["fingerprint"] != op.space.fingerprint():
+                raise NFKError(
+                    f"{where} was saved for a model with other parameters (names or shapes "
+                    f"differ); load it with the model it was fitted on."
+                )
+            saved_lik = {k: v for k, v in meta["likelihood"].items() if k != "n_samples"}
+            now_lik = {k: v for k, v in json.loads(json.dumps(lik.describe())).items() if k != "n_samples"}
+            if saved_lik != now_lik:
+                raise NFKError(
+                    f"{where} was saved for another likelihood ({_lik_text(saved_lik)}), not "
+                    f"{_lik_text(now_lik)}; build the likelihood it was fitted with."
+                )
+            if meta.get("weights") not in (None, tensors_digest({**op.theta, **op.frozen})):
+                warnings.warn(
+                    f"The model's weights differ from those {where} was fitted with (same names and "
+                    f"shapes); its embeddings of new data will not match the saved fit.",
+                    UserWarning,
+                    stacklevel=2,
+                )
+            est._restore(tensors, meta, op.P)
+        except NFKError:
+            raise
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
             raise NFKError(
-                f"{str(path)!r} was saved for a model with other parameters (names or shapes "
-                f"differ); load it with the model it was fitted on."
-            )
-        fisher = meta["fisher"]
-        est.fisher_ = FisherEstimate(tensors["fisher_mean"], tensors["fisher_diag"],
-                                     int(fisher["n_reference"]), fisher["kind"],
-                                     float(fisher["damping"]))
-        est.components_ = tensors["components"]
-        est.singular_values_ = tensors["singular_values"]
-        est.explained_variance_ratio_ = tensors["explained_variance_ratio"]
-        est.embedding_ = tensors["embedding"]
-        fitted = meta["fitted"]
-        est.n_samples_fit_, est.n_params_ = fitted["n_samples_fit"], fitted["n_params"]
-        est.trace_, est.fit_time_, est.device_ = fitted["trace"], fitted["fit_time"], fitted["device"]
+                f"{where} lacks the fields of a saved LowRankNFK ({exc!r}): it was altered."
+            ) from None
         return est
+
+    @classmethod
+    def _from_meta(cls, lik: Likelihood, meta: dict[str, Any], device: Any) -> LowRankNFK:
+        """A new estimator with the saved settings (unknown or ill-typed settings are refused)."""
+        known = set(cls._get_param_names()) - {"lik", "progress", "device"}
+        params = {k: v for k, v in meta["params"].items() if k in known}
+        dtype = params.get("dtype")
+        if dtype is not None:
+            params["dtype"] = getattr(torch, str(dtype), None)
+            if not isinstance(params["dtype"], torch.dtype):
+                raise NFKError(f"The saved dtype {dtype!r} is not a torch dtype: the file was altered.")
+        est = cls(lik, device=device, progress=False, **params)
+        est._check_params()
+        return est
+
+    def _restore(self, tensors: dict[str, Tensor], meta: dict[str, Any], P: int) -> None:
+        """Set the fitted attributes from a loaded file, checking the tensor shapes."""
+        fisher = meta["fisher"]
+        k = tensors["singular_values"].shape[0]
+        shapes = {"components": (k, P), "fisher_mean": (P,), "fisher_diag": (P,),
+                  "explained_variance_ratio": (k,)}
+        for name, shape in shapes.items():
+            if tuple(tensors[name].shape) != shape:
+                raise NFKError(f"The saved {name} has shape {tuple(tensors[name].shape)}, not {shape}.")
+        self.fisher_ = FisherEstimate(tensors["fisher_mean"], tensors["fisher_diag"],
+                                      int(fisher["n_reference"]), str(fisher["kind"]),
+                                      float(fisher["damping"]))
+        self.components_ = tensors["components"]
+        self.singular_values_ = tensors["singular_values"]
+        self.explained_variance_ratio_ = tensors["explained_variance_ratio"]
+        self.embedding_ = tensors["embedding"]
+        fitted = meta["fitted"]
+        self.n_samples_fit_, self.n_params_ = int(fitted["n_samples_fit"]), int(fitted["n_params"])
+        self.trace_, self.fit_time_ = float(fitted["trace"]), float(fitted["fit_time"])
+        self.device_ = str(fitted["device"])  # where it was fitted (informational)
 
     def _more_tags(self) -> dict[str, Any]:
         return {"non_deterministic": False, "requires_y": False}

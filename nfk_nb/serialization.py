@@ -1,8 +1,10 @@
 """Saving and loading fitted estimators: tensors in safetensors, metadata as JSON in its header.
 
-Never unpickles. The file carries a format version, the package version, the estimator's settings,
-a fingerprint of θ (names and shapes) and a SHA-256 of the tensors; it is written to a temporary file
-and renamed, so a crash never leaves half a file under the final name.
+Never unpickles: safetensors stores raw tensor bytes and the metadata is plain JSON. The file carries a
+format name and version, the package version, the estimator's settings, a fingerprint of θ (names and
+shapes), a SHA-256 of the tensors and one of the metadata; a truncated or altered file fails one of
+them. Files are written to a temporary file in the same folder, flushed to disk and renamed, so a crash
+(even SIGKILL) leaves either the old file or the new one under the final name, never half of one.
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from torch import Tensor
 from .errors import NFKError
 
 FORMAT = "nfk_nb.lowrank"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2 adds the metadata checksum; version 1 files (tensor checksum only) still load
+_CHECKSUM_KEYS = ("checksum", "meta_checksum")
 
 
 def tensors_checksum(tensors: dict[str, Tensor]) -> str:
@@ -34,6 +37,25 @@ def tensors_checksum(tensors: dict[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def meta_checksum(meta: dict[str, Any]) -> str:
+    """SHA-256 of the metadata as canonical JSON (sorted keys), without the checksum fields."""
+    body = {k: v for k, v in meta.items() if k not in _CHECKSUM_KEYS}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows: directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -51,38 +73,87 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    _fsync_dir(path.parent)  # make the rename itself durable
 
 
-def save_state(path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
-    """Write tensors and JSON metadata (plus checksum) atomically."""
+def remove_stale_temporaries(path: str | os.PathLike) -> None:
+    """Remove temporary files that a killed :func:`atomic_write_bytes` for ``path`` left behind."""
+    path = Path(path)
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.*.tmp"):
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def save_state(
+    path: str | os.PathLike, tensors: dict[str, Tensor], meta: dict[str, Any], fmt: str = FORMAT
+) -> None:
+    """Write tensors (moved to the CPU) and JSON metadata, plus checksums, atomically.
+
+    Parameters
+    ----------
+    path : path-like
+    tensors : dict of str to Tensor
+    meta : dict
+        JSON-serialisable metadata.
+    fmt : str
+        Format name, checked by :func:`load_state` (estimators and checkpoints differ).
+    """
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    header = {**meta, "format": FORMAT, "format_version": FORMAT_VERSION,
-              "checksum": tensors_checksum(cpu)}
+    header = json.loads(json.dumps({**meta, "format": fmt, "format_version": FORMAT_VERSION}))
+    header["checksum"] = tensors_checksum(cpu)
+    header["meta_checksum"] = meta_checksum(header)
     atomic_write_bytes(path, st_save(cpu, metadata={"nfk_nb": json.dumps(header)}))
 
 
-def load_state(path: str | os.PathLike) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """Read and verify a file written by :func:`save_state`; tensors come back on the CPU."""
+def _read(path: Path, what: str) -> tuple[dict[str, Tensor], Any]:
+    raw = path.read_bytes()
+    if len(raw) < 8:
+        raise ValueError(f"only {len(raw)} bytes")
+    tensors = st_load(raw)
+    header_len = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + header_len])
+    meta = json.loads(header["__metadata__"]["nfk_nb"])
+    return tensors, meta
+
+
+def load_state(
+    path: str | os.PathLike, fmt: str = FORMAT, what: str = "saved NFK estimator"
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Read and verify a file written by :func:`save_state`; tensors come back on the CPU.
+
+    Raises
+    ------
+    NFKError
+        The file is missing, not an nfk_nb file of format ``fmt``, from a newer nfk_nb, truncated, or
+        altered (tensor or metadata checksum mismatch).
+    """
     path = Path(path)
     if not path.is_file():
-        raise NFKError(f"No saved NFK estimator at {str(path)!r}.")
-    raw = path.read_bytes()
+        raise NFKError(f"No {what} at {str(path)!r}.")
     try:
-        tensors = st_load(raw)
-        header_len = int.from_bytes(raw[:8], "little")
-        meta_all = json.loads(raw[8 : 8 + header_len]).get("__metadata__", {})
-        meta = json.loads(meta_all["nfk_nb"])
-    except (SafetensorError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        tensors, meta = _read(path, what)
+    except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise NFKError(
-            f"{str(path)!r} is not a readable nfk_nb file (truncated or altered): {exc}."
+            f"{str(path)!r} is not a readable {what} (truncated, altered or another kind of file): {exc}."
         ) from None
-    if meta.get("format") != FORMAT:
-        raise NFKError(f"{str(path)!r} is not an nfk_nb LowRankNFK file.")
-    if int(meta.get("format_version", -1)) > FORMAT_VERSION:
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        found = meta.get("format") if isinstance(meta, dict) else None
         raise NFKError(
-            f"{str(path)!r} uses format version {meta['format_version']}; this nfk_nb reads up to "
+            f"{str(path)!r} is not a {what} (its format is {found!r}, expected {fmt!r})."
+        )
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version < 1:
+        raise NFKError(f"{str(path)!r} has no valid format version: it was altered.")
+    if version > FORMAT_VERSION:
+        raise NFKError(
+            f"{str(path)!r} uses format version {version}; this nfk_nb reads up to "
             f"{FORMAT_VERSION}: upgrade nfk_nb."
         )
     if tensors_checksum(tensors) != meta.get("checksum"):
         raise NFKError(f"{str(path)!r} failed its checksum: the tensors were altered or truncated.")
+    if version >= 2 and meta_checksum(meta) != meta.get("meta_checksum"):
+        raise NFKError(f"{str(path)!r} failed its metadata checksum: the settings were altered.")
     return tensors, meta

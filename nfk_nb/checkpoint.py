@@ -1,0 +1,136 @@
+"""Checkpoints that let a long :class:`~nfk_nb.LowRankNFK` fit survive a crash (even SIGKILL).
+
+``est.fit(X, checkpoint=path)`` saves the fit's state after each pass over the data: the Fisher
+estimate (partition term ``m`` and diagonal), the trace of ``K``, the number of finished sketch passes
+and the current sketch matrix (``Y = V Ωᵀ`` or ``Z``). The random test matrix ``Ω`` is not stored: it
+is regenerated from the seed. The file is safetensors + JSON (never pickle), written atomically by
+:mod:`nfk_nb.serialization`, so a kill leaves the previous state intact. Rerunning the same call
+resumes after the last finished pass; on the CPU the result is bitwise the same as an uninterrupted fit.
+
+A checkpoint carries an *identity*: the estimator's settings, the likelihood, the names and shapes of
+θ, a checksum of the model's weights and buffers, the data size and a checksum of the first batch. A
+checkpoint whose identity differs from the current fit's is refused, naming what differs, never
+silently reused. The file is deleted when the fit succeeds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .errors import NFKError
+from .serialization import load_state, remove_stale_temporaries, save_state
+
+FORMAT = "nfk_nb.checkpoint"
+
+# Readable names for the identity keys in refusal messages.
+_NAMES = {
+    "model": "model (parameter names or shapes)",
+    "weights": "model weights",
+    "n_samples": "data size",
+    "n_local": "data size on this process",
+    "data": "data (first batch)",
+    "world": "process group (rank, world size)",
+    "compute_dtype": "compute dtype",
+}
+
+
+def tensors_digest(tensors: dict[str, Tensor] | list[Tensor]) -> str:
+    """SHA-256 of tensor values (names, dtypes, shapes, bytes), independent of their device."""
+    h = hashlib.sha256()
+    items = sorted(tensors.items()) if isinstance(tensors, dict) else enumerate(tensors)
+    for name, t in items:
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def _describe_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
+    a, b = _flatten(saved), _flatten(now)
+    diffs = []
+    for key in sorted(set(a) | set(b), key=lambda k: (k.split(".")[0] not in _NAMES, k)):
+        if a.get(key) != b.get(key):
+            top = key.split(".")[0]
+            name = _NAMES.get(top) or key.removeprefix("params.").removeprefix("likelihood.")
+            if top in ("model", "weights", "data"):
+                diffs.append(f"different {name}")
+            else:
+                diffs.append(f"{name}: {a.get(key)!r} in the checkpoint, {b.get(key)!r} now")
+    unique = list(dict.fromkeys(diffs))
+    return "; ".join(unique[:3]) + ("; ..." if len(unique) > 3 else "")
+
+
+class FitCheckpoint:
+    """One fit's checkpoint file.
+
+    Parameters
+    ----------
+    path : path-like
+        Where the state is kept. With several processes, each writes ``path.rank{r}``.
+    identity : dict
+        JSON-serialisable description of the fit (see the module docstring); must match on resume.
+    rank, world_size : int
+        This process's rank and the number of processes.
+    """
+
+    def __init__(self, path: str | os.PathLike, identity: dict[str, Any], rank: int = 0,
+                 world_size: int = 1) -> None:
+        path = Path(path)
+        self.path = path if world_size == 1 else path.with_name(f"{path.name}.rank{rank}")
+        self.identity = identity
+
+    def load(self) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
+        """The saved state ``(tensors, info)``, or ``None`` when there is no checkpoint yet.
+
+        Raises
+        ------
+        NFKError
+            The file is damaged, or belongs to another fit (another model, data size or setting).
+        """
+        if not self.path.exists():
+            return None
+        tensors, meta = load_state(self.path, FORMAT, "nfk_nb fit checkpoint")
+        saved = meta.get("identity")
+        if saved != self.identity:
+            raise NFKError(
+                f"The checkpoint {str(self.path)!r} belongs to another fit "
+                f"({_describe_difference(saved if isinstance(saved, dict) else {}, self.identity)}); "
+                f"delete it or pass another checkpoint path."
+            )
+        info = meta.get("state")
+        if not isinstance(info, dict):
+            raise NFKError(f"The checkpoint {str(self.path)!r} has no fit state: it was altered.")
+        return tensors, info
+
+    def save(self, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
+        """Atomically replace the checkpoint with this state."""
+        from . import __version__
+
+        meta = {"package_version": __version__, "identity": self.identity, "state": info}
+        save_state(self.path, tensors, meta, fmt=FORMAT)
+
+    def remove(self) -> None:
+        """Delete the checkpoint (after a successful fit) and any temporary file a kill left."""
+        try:
+            self.path.unlink()
+        except FileNotFoundError:
+            pass
+        remove_stale_temporaries(self.path)

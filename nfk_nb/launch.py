@@ -1,0 +1,586 @@
+"""Fit a low-rank NFK over several processes (``torchrun``, SLURM, or local workers from a notebook).
+
+The fit itself is ``LowRankNFK.fit`` on each process's shard of the data (see ``nfk_nb.distributed``):
+per-example products stay local, sums are all-reduced, and the fitted state is the same on every
+rank. This module starts the processes and gathers the result.
+
+From a notebook (one machine, N local processes)::
+
+    E = nfk_nb.launch.fit_workers(est, X, workers=2)      # or  %nfk fit ... --workers 2
+    est.transform(X_test)                                  # the fitted state is copied back
+
+From the command line, with a Python file that defines ``likelihood`` (or ``model`` and ``kind``)
+and ``data`` (or ``shard(rank, world_size)``)::
+
+    torchrun --standalone --nproc-per-node=4 -m nfk_nb fit script.py --rank 64 --out run/
+    nfk-nb fit script.py --workers 4 --out run/           # the same, without torchrun
+
+It writes ``run/embedding.safetensors`` (tensor ``embedding``, N×k, rows in data order) and
+``run/estimator.safetensors`` (``LowRankNFK.load(path, lik)``), both from rank 0.
+
+Data in the script: ``data`` is the *full* data set (tensor, ``(X, y)`` or Dataset), built the same
+way on every rank; each rank keeps an even contiguous slice (rank order = row order). For data too
+big to load everywhere, define ``shard(rank, world_size)`` returning this process's part instead;
+shards may differ in size and are concatenated in rank order. The model must be identical on every
+rank (seed it, or load a checkpoint): this is checked before fitting.
+
+Multi-node (8 GPUs per node, N nodes; one process per GPU, NCCL, ``cuda:LOCAL_RANK``)::
+
+    torchrun --nnodes=N --nproc-per-node=8 --rdzv-backend=c10d \\
+             --rdzv-endpoint=HEAD_NODE:29500 --rdzv-id=nfk1 -m nfk_nb fit script.py --out run/
+
+SLURM (one ``torchrun`` per node, which starts 8 workers)::
+
+    #SBATCH --nodes=4 --ntasks-per-node=1 --gpus-per-node=8
+    HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+    srun torchrun --nnodes="$SLURM_NNODES" --nproc-per-node=8 --rdzv-backend=c10d \\
+         --rdzv-endpoint="$HEAD:29500" --rdzv-id="$SLURM_JOB_ID" -m nfk_nb fit script.py --out run/
+
+or one task per GPU without torchrun (``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` are then read from
+``SLURM_PROCID``/``SLURM_NTASKS``/``SLURM_LOCALID``)::
+
+    #SBATCH --nodes=4 --ntasks-per-node=8 --gpus-per-node=8
+    export MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1) MASTER_PORT=29500
+    srun python -m nfk_nb fit script.py --out run/
+
+Failures: a rank that raises ends the job with that error. ``fit_workers`` watches its processes,
+stops the others as soon as one fails and re-raises the first error in the caller; under
+``torchrun`` the agent stops the other workers; every collective also has a timeout (``--timeout``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import multiprocessing as mp
+import os
+import pickle
+import runpy
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+
+from .distributed import get_reducer, init_from_env, shard_bounds
+from .errors import NFKError, NFKTypeError
+
+DEFAULT_TIMEOUT_S = 1800.0  # per collective: one data pass may take long on a CPU
+
+
+class WorkerError(RuntimeError):
+    """A worker process died without reporting an error (killed, out of memory), or timed out."""
+
+
+class _RemoteTraceback(Exception):
+    def __init__(self, tb: str) -> None:
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+# -- progress from rank 0 to the parent's bar ---------------------------------------------------
+
+
+class _PipeBar:
+    """A tqdm-like bar in a worker that forwards its counts to the parent (at most ~4 per second)."""
+
+    def __init__(self, conn: Any, total: int, desc: str) -> None:
+        self.conn, self.pending, self.last = conn, 0, 0.0
+        self._send(("start", int(total), str(desc)))
+
+    def _send(self, msg: tuple) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.send(msg)
+
+    def update(self, n: int = 1) -> None:
+        self.pending += int(n)
+        now = time.monotonic()
+        if now - self.last > 0.25:
+            self._send(("update", self.pending))
+            self.pending, self.last = 0, now
+
+    def close(self) -> None:
+        if self.pending:
+            self._send(("update", self.pending))
+            self.pending = 0
+        self._send(("close",))
+
+
+class _PipeBarFactory:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def __call__(self, total: int, desc: str = "") -> _PipeBar:
+        return _PipeBar(self.conn, total, desc)
+
+
+class _ParentBars:
+    """Shows the bars a worker opens, with the caller's progress setting."""
+
+    def __init__(self, progress: Any) -> None:
+        self.progress, self.bar = progress, None
+
+    def handle(self, msg: tuple) -> None:
+        from ._progress import make_bar
+
+        if msg[0] == "start":
+            self.close()
+            self.bar = make_bar(msg[1], msg[2], self.progress)
+        elif msg[0] == "update" and self.bar is not None:
+            self.bar.update(msg[1])
+        elif msg[0] == "close":
+            self.close()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# -- starting and watching local workers -----------------------------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker_main(
+    fn: Callable[..., Any], rank: int, world: int, port: int, device: str, timeout_s: float,
+    threads: int, workdir: str, bar_conn: Any, args: tuple,
+) -> None:
+    import torch.distributed as dist
+
+    code = 0
+    try:
+        os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
+                          MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        if sys.platform.startswith("linux"):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        torch.set_num_threads(threads)
+        if device == "cuda":
+            torch.cuda.set_device(rank)
+        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world,
+                                timeout=timedelta(seconds=timeout_s))
+        progress = _PipeBarFactory(bar_conn) if bar_conn is not None else False
+        result = fn(rank, world, progress, *args)
+        dist.barrier()
+        tmp = os.path.join(workdir, f".rank{rank}.pt")
+        torch.save(result, tmp)
+        os.replace(tmp, os.path.join(workdir, f"rank{rank}.pt"))
+    except BaseException as exc:  # report everything, also KeyboardInterrupt, to the parent
+        code = 1
+        try:
+            blob = pickle.dumps(exc)
+        except Exception:
+            blob = None
+        report = {"rank": rank, "time": time.time(), "type": type(exc).__name__, "message": str(exc),
+                  "traceback": traceback.format_exc(), "exc": blob}
+        with open(os.path.join(workdir, f"rank{rank}.err"), "wb") as f:
+            pickle.dump(report, f)
+    finally:
+        with contextlib.suppress(Exception):
+            if dist.is_initialized():
+                dist.destroy_process_group()
+    sys.exit(code)
+
+
+def _stop(procs: Sequence[Any]) -> None:
+    """SIGTERM every live worker, then SIGKILL whatever is left after 5 s."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 5.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5.0)
+
+
+def _raise_worker_error(workdir: Path, procs: Sequence[Any], dead: list[tuple[int, int]]) -> None:
+    """Re-raise the first error a worker reported; ``dead`` lists (rank, exit code) before stopping."""
+    reports = []
+    for f in workdir.glob("rank*.err"):
+        with open(f, "rb") as fh:
+            reports.append(pickle.load(fh))
+    if not reports:
+        r, code = dead[0]
+        how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+        raise WorkerError(f"Worker rank {r} died ({how}) without reporting an error; "
+                          f"the other workers were stopped.")
+    # the first error is the cause; the others are peers losing their connection to it
+    first = min(reports, key=lambda rep: rep["time"])
+    exc = None
+    if first["exc"] is not None:
+        with contextlib.suppress(Exception):
+            exc = pickle.loads(first["exc"])
+    if not isinstance(exc, BaseException):
+        exc = WorkerError(f"{first['type']}: {first['message']}")
+    if hasattr(exc, "add_note"):
+        exc.add_note(f"(raised on worker rank {first['rank']} of {len(procs)}; the others were stopped)")
+    raise exc from _RemoteTraceback(first["traceback"])
+
+
+def run_workers(
+    fn: Callable[..., Any],
+    rank_args: Sequence[tuple],
+    *,
+    device: str = "cpu",
+    timeout: float | None = None,
+    progress: Any = False,
+) -> list[Any]:
+    """Run ``fn(rank, world_size, progress, *rank_args[rank])`` in one process per rank.
+
+    Each process joins a fresh process group (gloo on 127.0.0.1 for ``device="cpu"``, NCCL with
+    ``cuda:rank`` for ``device="cuda"``). Processes are forked on Linux (so functions and models
+    defined in a notebook need no pickling) unless CUDA is already initialised here, where they are
+    spawned (arguments must then pickle).
+
+    Parameters
+    ----------
+    fn : callable
+        ``fn(rank, world_size, progress, *args)``; its result must pickle. ``progress`` is a bar
+        factory on rank 0 (forwarded to this process's bar, shown with the ``progress`` setting),
+        ``False`` elsewhere.
+    rank_args : sequence of tuples
+        One tuple of extra arguments per rank; its length is the number of processes.
+    device : {"cpu", "cuda"}
+    timeout : float, optional
+        Seconds before every worker is stopped and :class:`WorkerError` is raised (default: none,
+        but each collective times out after 30 minutes).
+    progress : bool or callable
+        How rank 0's progress is shown here (as ``LowRankNFK(progress=...)``).
+
+    Returns
+    -------
+    list
+        The results, in rank order.
+
+    Raises
+    ------
+    Exception
+        The first error a worker raised (same type and message), after stopping the others.
+    """
+    import torch.distributed as dist
+
+    world = len(rank_args)
+    if world < 1:
+        raise NFKError("run_workers needs at least one worker.")
+    if dist.is_available() and dist.is_initialized():
+        raise NFKError("fit_workers starts its own processes; inside a torchrun job call est.fit on "
+                       "each rank instead.")
+    if device == "cuda" and torch.cuda.device_count() < world:
+        raise NFKError(f"{world} CUDA workers need {world} GPUs; {torch.cuda.device_count()} are visible.")
+    method = "fork" if sys.platform.startswith("linux") and not torch.cuda.is_initialized() else "spawn"
+    ctx = mp.get_context(method)
+    port = _free_port()
+    threads = max(1, torch.get_num_threads() // world) if device == "cpu" else torch.get_num_threads()
+    pg_timeout = float(timeout) if timeout else DEFAULT_TIMEOUT_S
+    workdir = Path(tempfile.mkdtemp(prefix="nfk_workers_"))
+    bar_recv, bar_send = ctx.Pipe(duplex=False) if progress else (None, None)
+    bars = _ParentBars(progress)
+    procs: list[Any] = []
+    start = time.monotonic()
+    try:
+        for r in range(world):
+            conn = bar_send if r == 0 else None
+            p = ctx.Process(target=_worker_main, name=f"nfk-worker-{r}", daemon=True,
+                            args=(fn, r, world, port, device, pg_timeout, threads, str(workdir), conn,
+                                  tuple(rank_args[r])))
+            try:
+                p.start()
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                raise NFKError(f"The workers are spawned (CUDA is initialised in this process), so the "
+                               f"estimator and data must pickle, and they do not: {exc}") from None
+            procs.append(p)
+        if bar_send is not None:
+            bar_send.close()  # the child holds its own copy; EOF tells us it is gone
+        watch = [p.sentinel for p in procs] + ([bar_recv] if bar_recv is not None else [])
+        while True:
+            ready = wait(watch, timeout=0.25)
+            if bar_recv is not None and bar_recv in ready:
+                try:
+                    while bar_recv.poll():
+                        bars.handle(bar_recv.recv())
+                except (EOFError, OSError):
+                    watch.remove(bar_recv)
+                    bar_recv = None
+            dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
+            if dead:
+                _stop(procs)
+                _raise_worker_error(workdir, procs, dead)
+            if all(p.exitcode == 0 for p in procs):
+                break
+            if timeout is not None and time.monotonic() - start > timeout:
+                _stop(procs)
+                raise WorkerError(f"The workers gave no result within {timeout} s and were stopped.")
+        return [torch.load(workdir / f"rank{r}.pt", map_location="cpu", weights_only=False)
+                for r in range(world)]
+    finally:
+        bars.close()
+        _stop(procs)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# -- fitting an estimator over local workers -----------------------------------------------------
+
+
+def _split(X: Any, y: Any, workers: int) -> tuple[list[Any], int]:
+    """Even contiguous shards (rank order = row order) of a tensor, an ``(X, y)`` tuple or a Dataset."""
+    import numpy as np
+
+    if y is not None:
+        X = (X, y)
+    if isinstance(X, Dataset) and not isinstance(X, (tuple, list)):
+        n = len(X)  # type: ignore[arg-type]
+        return [Subset(X, range(*shard_bounds(n, workers, r))) for r in range(workers)], n
+    parts = list(X) if isinstance(X, (tuple, list)) else [X]
+    parts = [torch.from_numpy(p) if isinstance(p, np.ndarray) else p for p in parts]
+    if not parts or not all(isinstance(p, Tensor) for p in parts):
+        raise NFKTypeError("fit_workers takes a tensor, an (X, y) tuple of tensors or a Dataset.")
+    n = len(parts[0])
+    if any(len(p) != n for p in parts):
+        raise NFKError("The parts of the data have different lengths.")
+    shards = []
+    for r in range(workers):
+        lo, hi = shard_bounds(n, workers, r)
+        piece = tuple(p[lo:hi] for p in parts)
+        shards.append(piece if len(piece) > 1 else piece[0])
+    return shards, n
+
+
+def fitted_state(est: Any) -> dict[str, Any]:
+    """The fitted attributes of an estimator (public names ending in ``_``), by name."""
+    return {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
+
+
+def _fit_shard(rank: int, world: int, progress: Any, est: Any, shard: Any) -> tuple[Tensor, dict | None]:
+    est.progress = progress
+    E = est.fit_transform(shard)
+    state = fitted_state(est) if rank == 0 else None
+    if state is not None:
+        state.pop("embedding_", None)
+    return E, state
+
+
+def fit_workers(est: Any, X: Any, y: Any = None, workers: int = 2, timeout: float | None = None) -> Tensor:
+    """Fit ``est`` on ``X`` with ``workers`` local processes; returns the embedding (N, k).
+
+    ``X`` (a tensor, an ``(X, y)`` tuple or a Dataset) is split into even contiguous shards by
+    rows, one per process; each process runs ``est.fit_transform`` on its shard (sums over
+    examples all-reduced, see ``nfk_nb.distributed``), the rows come back in order and the fitted
+    state is copied into ``est``, so ``est.transform`` works here afterwards. One progress bar
+    (rank 0's) is shown with ``est.progress``. Workers use one GPU each when ``est.device`` is
+    ``None`` and there are at least ``workers`` GPUs, or when it is ``"cuda"``; else the CPU (gloo),
+    with the CPU threads split between them.
+
+    Parameters
+    ----------
+    est : LowRankNFK
+        The estimator (its settings are used as they are; it is fitted in place).
+    X : Tensor, (X, y) tuple or Dataset
+        The full data; at least one example per worker.
+    y : Tensor, optional
+        Targets, when ``X`` is a tensor.
+    workers : int
+        Number of processes (1 fits in this process).
+    timeout : float, optional
+        Seconds before the workers are stopped and :class:`WorkerError` is raised.
+
+    Returns
+    -------
+    Tensor
+        The embedding of all rows of ``X``, in order (also ``est.embedding_``).
+    """
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise NFKError(f"workers must be a positive integer, got {workers!r}.")
+    if workers == 1:
+        return est.fit_transform(X, y)
+    shards, n = _split(X, y, workers)
+    if n < workers:
+        raise NFKError(f"{n} examples cannot be split over {workers} workers; use workers <= {n}.")
+    dev = None if est.device is None else torch.device(est.device)
+    if dev is None:
+        use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= workers
+    else:
+        use_cuda = dev.type == "cuda"
+    worker_est = copy.copy(est)
+    worker_est._op = None
+    if use_cuda:
+        worker_est.device = None  # each worker's current device is cuda:rank
+    results = run_workers(_fit_shard, [(worker_est, s) for s in shards],
+                          device="cuda" if use_cuda else "cpu", timeout=timeout, progress=est.progress)
+    embedding = torch.cat([E for E, _ in results])
+    state = results[0][1]
+    for name, value in state.items():
+        setattr(est, name, value)
+    est.embedding_ = embedding
+    est._op = None
+    return embedding
+
+
+# -- the ``nfk-nb fit`` command ---------------------------------------------------------------------
+
+
+ESTIMATOR_ARGS = ("rank", "fisher", "damping", "power_iters", "oversample", "batch_size", "seed",
+                  "whiten", "chunk_size")
+
+
+def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``nfk-nb fit``."""
+    parser.description = ("Fit a low-rank NFK from a Python file that defines `likelihood` (or `model` "
+                          "and `kind`) and `data` (or `shard(rank, world_size)`); run it under torchrun "
+                          "for several processes, or pass --workers N.")
+    parser.add_argument("script", help="Python file defining the likelihood and the data.")
+    parser.add_argument("--rank", type=int, help="embedding dimension k (default: the estimator's, 64)")
+    parser.add_argument("--fisher", choices=("diagonal", "identity"), help="Fisher information estimate")
+    parser.add_argument("--damping", type=float, help="relative damping of the diagonal Fisher")
+    parser.add_argument("--power-iters", dest="power_iters", type=int, help="power iterations q")
+    parser.add_argument("--oversample", type=int, help="extra sketch columns p")
+    parser.add_argument("--batch-size", dest="batch_size", type=int, help="examples per batch")
+    parser.add_argument("--seed", type=int, help="seed of the random test matrix and sampler draws")
+    parser.add_argument("--whiten", action="store_true", default=None, help="divide by singular values")
+    parser.add_argument("--chunk-size", dest="chunk_size", type=int, help="vmap chunk over sketch columns")
+    parser.add_argument("--dtype", choices=("float32", "float64"), help="compute dtype (default: model's)")
+    parser.add_argument("--device", help="device (default: cuda:LOCAL_RANK when CUDA is present, else cpu)")
+    parser.add_argument("--out", default="nfk_fit", help="output folder (default: ./nfk_fit)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="start this many local processes instead of running under torchrun")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
+                        help="seconds any collective may wait for a peer before the job fails")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
+
+
+def _likelihood(ns: dict[str, Any], script: str) -> Any:
+    from . import likelihoods
+
+    if "likelihood" in ns:
+        return ns["likelihood"]
+    if "model" in ns:
+        kind = ns.get("kind", "classifier")
+        if kind == "classifier":
+            return likelihoods.Classifier(ns["model"], score=ns.get("score", "joint"),
+                                          sampler=ns.get("sampler"))
+        if kind == "energy":
+            return likelihoods.EnergyModel(ns["model"], sampler=ns.get("sampler"),
+                                           n_samples=ns.get("n_samples", 1024))
+        if kind == "regressor":
+            return likelihoods.Regressor(ns["model"], sigma=ns.get("sigma", 1.0))
+        raise NFKError(f"kind={kind!r} in {script} is not one of 'classifier', 'energy', 'regressor'; "
+                       f"define `likelihood` for other families.")
+    raise NFKError(f"{script} defines neither `likelihood` nor `model`.")
+
+
+def _build(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    from .lowrank import LowRankNFK
+
+    script = str(args.script)
+    if not os.path.isfile(script):
+        raise NFKError(f"No script at {script!r}.")
+    ns = runpy.run_path(script, run_name="__nfk_fit__")
+    est = ns.get("estimator")
+    if est is None:
+        est = LowRankNFK(_likelihood(ns, script))
+    given = {k: getattr(args, k) for k in ESTIMATOR_ARGS if getattr(args, k, None) is not None}
+    if args.dtype is not None:
+        given["dtype"] = getattr(torch, args.dtype)
+    if args.device is not None:
+        given["device"] = args.device
+    est.set_params(progress=args.progress, **given)
+    if "data" not in ns and "shard" not in ns:
+        raise NFKError(f"{script} defines neither `data` nor `shard(rank, world_size)`.")
+    return est, ns
+
+
+def _check_same_model(est: Any, reducer: Any) -> None:
+    """Every rank must hold the same θ (same seed or checkpoint); compare sums of values."""
+    named = dict(est.lik.model.named_parameters())
+    stats = torch.tensor([[float(named[n].detach().double().sum()), float(named[n].detach().double().norm())]
+                          for n in est.lik.param_names], dtype=torch.float64).reshape(1, -1)
+    every = reducer.gather_rows(stats)
+    differ = [r for r in range(len(every)) if not torch.equal(every[r], every[0])]
+    if differ:
+        raise NFKError(f"The model's parameters on rank {differ[0]} differ from rank 0's; build the model "
+                       f"deterministically in the script (seed it, or load a checkpoint).")
+
+
+def _write_outputs(out: Path, est: Any, embedding: Tensor, world: int) -> None:
+    from safetensors.torch import save
+
+    from .serialization import atomic_write_bytes
+
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"n": str(len(embedding)), "k": str(embedding.shape[1]), "world_size": str(world)}
+    atomic_write_bytes(out / "embedding.safetensors",
+                       save({"embedding": embedding.contiguous()}, metadata=meta))
+    est.embedding_ = embedding  # the saved estimator holds every row, like a single-process fit
+    est.save(out / "estimator.safetensors")
+
+
+def _fit_distributed(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    init_from_env(args.device, args.timeout)
+    reducer = get_reducer()
+    rank, world = reducer.rank, reducer.world_size
+    est, ns = _build(args)
+    if rank != 0:
+        est.set_params(progress=False)
+    if "shard" in ns:
+        part = ns["shard"](rank, world)
+    else:
+        part = _split(ns["data"], None, world)[0][rank]
+    sizes = reducer.gather_rows(torch.tensor([[len(part)]], dtype=torch.float64)).flatten()
+    if bool((sizes == 0).any()):
+        raise NFKError(f"Shard sizes {sizes.long().tolist()}: every rank needs at least one example.")
+    if world > 1:
+        _check_same_model(est, reducer)
+    E_local = est.fit_transform(part)
+    embedding = reducer.gather_rows(E_local)
+    if rank == 0:
+        _write_outputs(Path(args.out), est, embedding, world)
+        print(f"nfk-nb fit: {len(embedding)} examples x {embedding.shape[1]} dims on {world} process(es) "
+              f"in {est.fit_time_:.1f} s -> {args.out}/ (embedding.safetensors, estimator.safetensors)")
+    if world > 1:
+        dist.barrier()
+        dist.destroy_process_group()
+    return 0
+
+
+def _fit_local_workers(args: argparse.Namespace) -> int:
+    est, ns = _build(args)
+    if "data" not in ns:
+        raise NFKError("--workers shards `data` itself; the script must define `data`.")
+    embedding = fit_workers(est, ns["data"], workers=args.workers, timeout=None)
+    _write_outputs(Path(args.out), est, embedding, args.workers)
+    print(f"nfk-nb fit: {len(embedding)} examples x {embedding.shape[1]} dims on {args.workers} "
+          f"worker(s) in {est.fit_time_:.1f} s -> {args.out}/")
+    return 0
+
+
+def fit_command(args: argparse.Namespace) -> int:
+    """Run ``nfk-nb fit``; an ``NFKError`` prints one line (with the rank) and exits with status 1."""
+    from torch.distributed.elastic.multiprocessing.errors import record
+
+    run = _fit_local_workers if args.workers else record(_fit_distributed)
+    try:
+        return run(args)
+    except NFKError as exc:
+        rank = os.environ.get("RANK", "0")
+        print(f"nfk-nb fit (rank {rank}): {exc}", file=sys.stderr, flush=True)
+        return 1

@@ -1,0 +1,242 @@
+"""Matplotlib views of NFK results: spectrum, embedding scatter, kernel heatmap, neighbour grid.
+
+Every function builds a :class:`matplotlib.figure.Figure` directly (no pyplot state), so it works
+headless, in tests and under papermill, and returns it; display it in a notebook as the last
+expression of a cell, or save it with ``fig.savefig(path)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from .errors import NFKError
+
+
+def _np(a: Any) -> np.ndarray:
+    if hasattr(a, "detach"):
+        a = a.detach().cpu().numpy()
+    return np.asarray(a)
+
+
+def project_2d(E: Any) -> np.ndarray:
+    """2-D coordinates of an (N, k) embedding: itself when k <= 2, else its top two principal components."""
+    E = _np(E).astype(np.float64)
+    if E.ndim != 2:
+        raise NFKError(f"The embedding must be 2-D (examples × features), got shape {E.shape}.")
+    if E.shape[1] == 1:
+        return np.concatenate([E, np.zeros_like(E)], 1)
+    if E.shape[1] == 2:
+        return E
+    C = E - E.mean(0)
+    _, _, Vt = np.linalg.svd(C, full_matrices=False)
+    Vt = Vt[:2] * np.sign(Vt[:2, [0]] + (Vt[:2, [0]] == 0))  # deterministic signs
+    return C @ Vt.T
+
+
+def effective_rank(S: Any) -> float:
+    """Participation ratio ``(Σ λ)² / Σ λ²`` of the eigenvalues ``λ = S²`` (1 = one direction)."""
+    lam = _np(S).astype(np.float64) ** 2
+    return float(lam.sum() ** 2 / (lam**2).sum()) if lam.sum() > 0 else 0.0
+
+
+def plot_spectrum(est: Any, explained: Any = None, title: str | None = None) -> Figure:
+    """Singular values and cumulative explained variance of a fitted ``LowRankNFK``.
+
+    A spectrum where the first few components hold nearly all of ``trace(K)`` means a few parameter
+    coordinates dominate the Fisher vectors (often damping that is too small, see DESIGN §2); a
+    flat one means the kernel spreads over many directions and a larger rank pays off. The
+    annotation gives both numbers: the fraction of the trace captured and the effective rank.
+
+    Parameters
+    ----------
+    est : LowRankNFK or array-like
+        A fitted estimator, or the singular values themselves.
+    explained : array-like, optional
+        Explained-variance ratios (taken from ``est`` when it is an estimator).
+    title : str, optional
+
+    Returns
+    -------
+    matplotlib.figure.Figure
+        Two axes: singular values (log scale) and cumulative explained variance.
+    """
+    subtitle = ""
+    if hasattr(est, "singular_values_"):
+        S, ratio = _np(est.singular_values_), _np(est.explained_variance_ratio_)
+        subtitle = f"fisher={est.fisher}, damping={est.damping:g}, N={est.n_samples_fit_}"
+    elif hasattr(est, "rank") and hasattr(est, "lik"):
+        raise NFKError("The estimator is not fitted yet: run %nfk fit (or est.fit(X)) first.")
+    else:
+        S = _np(est)
+        ratio = None if explained is None else _np(explained)
+    if S.ndim != 1 or len(S) == 0:
+        raise NFKError(f"Expected a 1-D array of singular values, got shape {S.shape}.")
+    k = np.arange(1, len(S) + 1)
+    fig = Figure(figsize=(9, 3.4), layout="constrained")
+    ax1, ax2 = fig.subplots(1, 2)
+    ax1.semilogy(k, np.maximum(S, 1e-300), "o-", ms=3)
+    ax1.set_xlabel("component")
+    ax1.set_ylabel("singular value")
+    ax1.set_title("singular values of V")
+    ax1.grid(True, alpha=0.3)
+    if ratio is not None:
+        cum = np.cumsum(ratio)
+        ax2.plot(k, cum, "o-", ms=3, color="C1")
+        ax2.set_ylim(0, 1.02)
+        ax2.axhline(1.0, color="0.6", lw=0.8, ls="--")
+        ax2.set_ylabel("cumulative fraction of trace(K)")
+        note = (f"top {len(S)}: {cum[-1]:.1%} of trace\nfirst: {ratio[0]:.1%}\n"
+                f"effective rank {effective_rank(S):.1f}")
+    else:
+        lam = S**2
+        ax2.plot(k, np.cumsum(lam) / lam.sum(), "o-", ms=3, color="C1")
+        ax2.set_ylabel("cumulative fraction (of the computed components)")
+        note = f"effective rank {effective_rank(S):.1f}"
+    ax2.text(0.97, 0.05, note, transform=ax2.transAxes, ha="right", va="bottom", fontsize=9,
+             bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.8"})
+    ax2.set_xlabel("rank k")
+    ax2.set_title("explained variance")
+    ax2.grid(True, alpha=0.3)
+    fig.suptitle(title or ("NFK spectrum" + (f" ({subtitle})" if subtitle else "")), fontsize=10)
+    return fig
+
+
+def plot_embedding(E: Any, labels: Any = None, highlight: int | None = None,
+                   neighbours: Sequence[int] | None = None, title: str | None = None,
+                   ax: Any = None) -> Figure:
+    """Scatter of an embedding in 2-D (top two principal components when k > 2), coloured by label.
+
+    Parameters
+    ----------
+    E : (N, k) tensor or array
+    labels : (N,) array-like, optional
+        Class labels (a legend is drawn for up to 20 classes) or continuous values (a colour bar).
+    highlight : int, optional
+        Index of a point to mark (a black star).
+    neighbours : sequence of int, optional
+        Indices to circle (e.g. the highlighted point's nearest neighbours).
+    title : str, optional
+    ax : matplotlib Axes, optional
+        Draw into this axes instead of a new figure.
+    """
+    xy = project_2d(E)
+    if ax is None:
+        fig = Figure(figsize=(5.2, 4.4), layout="constrained")
+        ax = fig.subplots()
+    else:
+        fig = ax.figure
+    if labels is None:
+        ax.scatter(xy[:, 0], xy[:, 1], s=8, alpha=0.7)
+    else:
+        lab = _np(labels)
+        if len(lab) != len(xy):
+            raise NFKError(f"The embedding has {len(xy)} rows but there are {len(lab)} labels.")
+        classes, codes = np.unique(lab, return_inverse=True)
+        if len(classes) <= 20:  # discrete: one colour (and marker past ten) per class, with a legend
+            for i, c in enumerate(classes):
+                m = codes == i
+                ax.scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.7, color=f"C{i % 10}",
+                           marker="o" if i < 10 else "^", label=str(c))
+            ax.legend(fontsize=7, markerscale=1.5, loc="best", ncol=2 if len(classes) > 10 else 1)
+        else:
+            values = lab.astype(float) if lab.dtype.kind in "iufb" else codes.astype(float)
+            sc = ax.scatter(xy[:, 0], xy[:, 1], s=8, c=values, cmap="viridis")
+            fig.colorbar(sc, ax=ax)
+    if neighbours is not None and len(neighbours):
+        nb = np.asarray(list(neighbours), dtype=int)
+        ax.scatter(xy[nb, 0], xy[nb, 1], s=60, facecolors="none", edgecolors="k", linewidths=1.2)
+    if highlight is not None:
+        ax.scatter(xy[highlight, 0], xy[highlight, 1], s=160, marker="*", color="k")
+    k = _np(E).shape[1]
+    ax.set_xlabel("component 1" if k <= 2 else "PC 1")
+    ax.set_ylabel("component 2" if k <= 2 else "PC 2")
+    ax.set_title(title or f"NFK embedding ({len(xy)} points, k={k})", fontsize=10)
+    return fig
+
+
+def plot_kernel(K: Any, labels: Any = None, title: str | None = None) -> Figure:
+    """Heatmap of a kernel matrix; with ``labels`` (square K only) rows and columns are sorted by label."""
+    K = _np(K).astype(np.float64)
+    if K.ndim != 2:
+        raise NFKError(f"The kernel must be a 2-D matrix, got shape {K.shape}.")
+    order = None
+    if labels is not None:
+        lab = _np(labels)
+        if K.shape[0] != K.shape[1] or len(lab) != K.shape[0]:
+            raise NFKError(f"labels ({len(lab)}) must match a square kernel, got shape {K.shape}.")
+        order = np.argsort(lab, kind="stable")
+        K = K[np.ix_(order, order)]
+    fig = Figure(figsize=(5, 4.3), layout="constrained")
+    ax = fig.subplots()
+    lim = np.abs(K).max() or 1.0
+    im = ax.imshow(K, cmap="RdBu_r", vmin=-lim, vmax=lim, interpolation="nearest")
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    if order is not None:
+        lab_sorted = lab[order]
+        edges = np.flatnonzero(lab_sorted[1:] != lab_sorted[:-1]) + 0.5
+        for e in edges:
+            ax.axhline(e, color="k", lw=0.4)
+            ax.axvline(e, color="k", lw=0.4)
+    ax.set_title(title or f"kernel matrix {K.shape[0]}×{K.shape[1]}", fontsize=10)
+    return fig
+
+
+def plot_neighbours(images: Any, query_idx: int, neighbour_idx: Sequence[int],
+                    shape: tuple[int, int] | None = None, labels: Any = None,
+                    similarities: Sequence[float] | None = None) -> Figure:
+    """A row of images: the query, then its nearest neighbours (with label and similarity if given).
+
+    Parameters
+    ----------
+    images : (N, ...) tensor or array
+        Flat rows reshaped with ``shape``, or (N, H, W) / (N, C, H, W) / (N, H, W, C) images.
+    query_idx : int
+    neighbour_idx : sequence of int
+    shape : (H, W), optional
+        Image shape for flat rows.
+    labels : (N,) array-like, optional
+    similarities : sequence of float, optional
+        One per neighbour (e.g. cosine similarity).
+    """
+    X = _np(images)
+    idx = [int(query_idx), *[int(i) for i in neighbour_idx]]
+
+    def img(i: int) -> np.ndarray:
+        a = X[i]
+        if shape is not None:
+            if a.size % (shape[0] * shape[1]):
+                raise NFKError(f"An example of {a.size} values cannot be shown as {shape[0]}×{shape[1]} "
+                               f"images.")
+            a = a.reshape(-1, shape[0], shape[1])
+            a = a[0] if a.shape[0] == 1 else np.moveaxis(a[:3], 0, -1)
+        elif a.ndim == 3 and a.shape[0] in (1, 3):
+            a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+        if a.ndim not in (2, 3):
+            raise NFKError(f"Cannot show an example of shape {X[i].shape} as an image; pass shape=(H, W).")
+        if a.ndim == 3:
+            a = (a - a.min()) / (np.ptp(a) or 1.0)
+        return a
+
+    n = len(idx)
+    fig = Figure(figsize=(1.25 * n, 1.6), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, n))
+    lab = None if labels is None else _np(labels)
+    for j, (ax, i) in enumerate(zip(axes, idx)):
+        ax.imshow(img(i), cmap="gray_r", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        text = "query" if j == 0 else f"#{i}"
+        if lab is not None:
+            text += f"\ny={lab[i]}"
+        if j > 0 and similarities is not None:
+            text += f" cos={similarities[j - 1]:.2f}"
+        ax.set_title(text, fontsize=7)
+        if j == 0:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("C3")
+                spine.set_linewidth(2)
+    return fig

@@ -1,0 +1,367 @@
+"""The %nfk IPython extension, driven on a fresh InteractiveShell (tiny MLP, 200 digits, rank 4)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+from argparse import Namespace
+
+import numpy as np
+import pytest
+import torch
+from IPython.core.error import UsageError
+from IPython.core.interactiveshell import InteractiveShell
+from matplotlib.figure import Figure
+from traitlets.config.loader import PyFileConfigLoader
+
+import nfk_nb
+import nfk_nb.magics as magics
+from nfk_nb.display import ProbeResult
+from nfk_nb.evaluate import linear_probe
+from nfk_nb.lowrank import LowRankNFK
+from nfk_nb.widgets import EmbeddingExplorer
+
+FIT = "--rank 4 --power-iters 1 --oversample 4"
+
+SETUP = """
+import torch
+import nfk_nb as nfk
+from nfk_nb.data import load_digits
+from nfk_nb.zoo.classifier import mlp, train_classifier
+X_all, y_all, Xt_all, yt_all = load_digits()
+X, y, Xt, yt = X_all[:200], y_all[:200], Xt_all[:60], yt_all[:60]
+net = mlp([64, 16, 10], seed=0)
+_ = train_classifier(net, X, y, epochs=3, seed=0)
+unfitted = nfk.LowRankNFK(nfk.Classifier(net))
+
+
+class Broken(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        raise RuntimeError("boom\\nsecond line of a deep error")
+
+
+broken = Broken()
+"""
+
+
+@pytest.fixture(scope="module")
+def shell():
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "nfk_nb")
+    ip.run_line_magic("config", "NFKMagics.progress = False")
+    result = ip.run_cell(SETUP)
+    result.raise_error()
+    yield ip
+    ip.run_line_magic("unload_ext", "nfk_nb")
+
+
+@pytest.fixture(scope="module")
+def est(shell):
+    return shell.run_line_magic("nfk", f"fit net X {FIT} -o est")
+
+
+def nfk(shell, line):
+    return shell.run_line_magic("nfk", line)
+
+
+# -- loading, config, help ----------------------------------------------------------------------------
+def test_fit_returns_and_stores_a_fitted_estimator(shell, est):
+    assert isinstance(est, LowRankNFK) and shell.user_ns["est"] is est
+    assert est.embedding_.shape == (200, 4)
+    assert est.power_iters == 1 and est.oversample == 4 and est.lik.score == "joint"
+    # the same fit through the library gives the same embedding (the magic is a thin shell)
+    ref = LowRankNFK(nfk_nb.Classifier(shell.user_ns["net"]), rank=4, power_iters=1, oversample=4,
+                     progress=False).fit_transform(shell.user_ns["X"])
+    torch.testing.assert_close(est.embedding_, ref)
+
+
+def test_fit_rich_display(shell, est):
+    data, _ = shell.display_formatter.format(est)
+    html, text = data["text/html"], data["text/plain"]
+    for fact in ("rank", "explained variance", "fit time", "device", "cpu"):
+        assert fact in html
+    ev = float(est.explained_variance_ratio_.sum())
+    assert f"{ev:.1%}" in text and "rank=4" in text and "cpu" in text
+    # an unfitted estimator keeps scikit-learn's own display
+    data, _ = shell.display_formatter.format(shell.user_ns["unfitted"])
+    assert "not fitted" in data["text/plain"]
+
+
+def test_unload_and_reload(shell):
+    shell.run_line_magic("unload_ext", "nfk_nb")
+    assert shell.find_line_magic("nfk") is None and shell.find_cell_magic("nfk") is None
+    assert not any(isinstance(c, magics.NFKMagics) for c in shell.configurables)
+    assert LowRankNFK not in shell.display_formatter.formatters["text/html"].type_printers
+    shell.run_line_magic("load_ext", "nfk_nb")
+    shell.run_line_magic("config", "NFKMagics.progress = False")
+    assert shell.find_line_magic("nfk") is not None and shell.find_cell_magic("nfk") is not None
+    assert sum(isinstance(c, magics.NFKMagics) for c in shell.configurables) == 1
+
+
+def test_config_sets_defaults(shell):
+    shell.run_line_magic("config", "NFKMagics.rank = 3")
+    shell.run_line_magic("config", "NFKMagics.power_iters = 0")
+    shell.run_line_magic("config", "NFKMagics.score = 'predicted'")
+    try:
+        est = nfk(shell, "fit net X")
+        assert est.rank == 3 and est.power_iters == 0 and est.lik.score == "predicted"
+        assert est.embedding_.shape == (200, 3)
+        assert nfk(shell, "fit net X --rank 2").rank == 2  # an option beats the config
+    finally:
+        shell.run_line_magic("config", "NFKMagics.rank = 64")
+        shell.run_line_magic("config", "NFKMagics.power_iters = 2")
+        shell.run_line_magic("config", "NFKMagics.score = 'joint'")
+
+
+def test_help_documents_every_option(shell, capsys):
+    doc = shell.find_line_magic("nfk").__doc__  # what %nfk? shows
+    for sub, parser in magics.PARSERS.items():
+        if sub == "help":
+            continue
+        for action in parser._actions:
+            for opt in action.option_strings:
+                assert opt in doc, (sub, opt)
+            assert action.help, (sub, action.dest)
+    assert nfk(shell, "help fit") is None
+    out = capsys.readouterr().out
+    assert "--power-iters" in out and "--workers" in out and "--kind" in out
+    assert nfk(shell, "fit --help") is None  # prints help, raises nothing
+    assert "--rank" in capsys.readouterr().out
+    nfk(shell, "")
+    assert "%nfk fit MODEL DATA" in capsys.readouterr().out
+
+
+# -- subcommands --------------------------------------------------------------------------------------
+def test_fit_with_labels_option_and_label_score(shell):
+    est = nfk(shell, f"fit net X --labels y --score label {FIT}")
+    assert est.lik.score == "label"
+    same = nfk(shell, f"fit net (X, y) --score label {FIT}")
+    torch.testing.assert_close(est.embedding_, same.embedding_)
+
+
+def test_cell_magic(shell):
+    body = "model = net\ndata = X[:120] * 1.0\n"
+    est = shell.run_cell_magic("nfk", f"fit {FIT} -o est_cell", body)
+    assert shell.user_ns["est_cell"] is est and est.n_samples_fit_ == 120
+    body = "my_net = net\nmy_data = (X[:100], y[:100])\n"
+    est = shell.run_cell_magic("nfk", f"fit --model my_net --data my_data --score label {FIT}", body)
+    assert est.n_samples_fit_ == 100 and est.lik.score == "label"
+    with pytest.raises(UsageError, match="only supports fit"):
+        shell.run_cell_magic("nfk", "embed est X", "pass")
+    shell.user_ns.pop("model")
+    with pytest.raises(UsageError, match="'model' is not defined"):
+        shell.run_cell_magic("nfk", f"fit {FIT}", "unrelated = 1\n")
+
+
+def test_embed(shell, est):
+    E = nfk(shell, "embed est Xt -o E_test")
+    assert E.shape == (60, 4) and shell.user_ns["E_test"] is E
+    torch.testing.assert_close(E, est.transform(shell.user_ns["Xt"]))
+    # the fit data embed to the fit embedding
+    torch.testing.assert_close(nfk(shell, "embed est X"), est.embedding_, rtol=1e-4, atol=1e-4)
+
+
+def test_kernel_low_rank_and_exact(shell, est, monkeypatch):
+    shown = []
+    monkeypatch.setattr(magics, "show_figure", lambda fig, label: shown.append((fig, label)))
+    K = nfk(shell, "kernel est X[:30] -o K")
+    E = est.transform(shell.user_ns["X"][:30])
+    torch.testing.assert_close(K, E @ E.T)
+    assert shell.user_ns["K"] is K and len(shown) == 1 and "30×30" in shown[0][1]
+    K2 = nfk(shell, "kernel est X[:30] Xt[:10] --no-plot")
+    assert K2.shape == (30, 10) and len(shown) == 1
+    Kx = nfk(shell, "kernel net X[:30] --exact --labels y[:30]")
+    ref = nfk_nb.fisher_kernel(nfk_nb.Classifier(shell.user_ns["net"]), shell.user_ns["X"][:30])
+    torch.testing.assert_close(Kx, ref)
+    assert len(shown) == 2
+    # the exact kernel dominates the rank-4 one on the diagonal (K - E Eᵀ is PSD for fit points)
+    assert nfk(shell, "kernel est X --exact --no-plot").diagonal().sum() >= est.embedding_.pow(2).sum() * 0.99
+
+
+def test_spectrum(shell, est):
+    fig = nfk(shell, "spectrum est -o fig")
+    assert isinstance(fig, Figure) and shell.user_ns["fig"] is fig and len(fig.axes) == 2
+    np.testing.assert_allclose(fig.axes[0].lines[0].get_ydata(), est.singular_values_.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(fig.axes[1].lines[0].get_ydata(),
+                               np.cumsum(est.explained_variance_ratio_.numpy()), rtol=1e-6)
+    # the shell renders the returned figure as PNG in rich frontends
+    data, _ = shell.display_formatter.format(fig)
+    assert data["image/png"][:4] == b"\x89PNG"
+
+
+def test_probe(shell, est):
+    nfk(shell, "embed est Xt -o E_test")
+    acc = nfk(shell, "probe est y --test E_test yt -o acc")
+    assert isinstance(acc, ProbeResult) and acc.mode == "test" and shell.user_ns["acc"] == acc
+    ns = shell.user_ns
+    assert float(acc) == pytest.approx(linear_probe(est.embedding_, ns["y"], ns["E_test"], ns["yt"]))
+    cv = nfk(shell, "probe est.embedding_ y --cv 3")
+    assert cv.mode == "cv" and cv.cv == 3 and 0.0 <= cv <= 1.0
+    assert float(cv) == pytest.approx(linear_probe(est.embedding_, ns["y"], cv=3))
+    assert "linear-probe accuracy" in repr(acc) and "<table" in acc._repr_html_()
+
+
+def test_explore(shell, est):
+    shell.run_line_magic("config", "NFKMagics.neighbours = 5")
+    try:
+        w = nfk(shell, "explore est (Xt, yt) --images 8,8 --index 3 -o explorer")
+    finally:
+        shell.run_line_magic("config", "NFKMagics.neighbours = 8")
+    assert isinstance(w, EmbeddingExplorer) and shell.user_ns["explorer"] is w
+    assert w.index == 3 and len(w.neighbours) == 5 and w.labels is not None
+    E = est.transform(shell.user_ns["Xt"]).numpy()
+    np.testing.assert_allclose(w.embedding, E, rtol=1e-5)
+    w.index = 7
+    assert 7 not in w.neighbours and w.neighbour_view.value[:4] == b"\x89PNG"
+    # an embedding tensor works as well, and --labels overrides
+    w2 = nfk(shell, "explore E_test Xt --labels yt --neighbours 2")
+    assert len(w2.neighbours) == 2 and w2.labels is not None
+
+
+def test_save_and_load(shell, est, tmp_path):
+    path = tmp_path / "est.nfk"
+    shell.user_ns["path"] = str(path)
+    assert nfk(shell, f"save est {path}") is None and path.exists()
+    loaded = nfk(shell, f"load {path} net -o est_loaded")
+    assert shell.user_ns["est_loaded"] is loaded
+    Xt = shell.user_ns["Xt"]
+    torch.testing.assert_close(loaded.transform(Xt), est.transform(Xt))
+    # the model family and score are read from the file
+    pred = nfk(shell, f"fit net X --score predicted {FIT} -o pred")
+    nfk(shell, f"save pred {tmp_path / 'pred.nfk'}")
+    assert nfk(shell, f"load {tmp_path / 'pred.nfk'} net").lik.score == "predicted"
+    assert pred.lik.score == "predicted"
+
+
+def test_workers_calls_launch(shell, monkeypatch):
+    calls = []
+
+    def fake_fit_workers(est, data, workers):
+        calls.append(workers)
+        return est.fit_transform(data)
+
+    fake = types.ModuleType("nfk_nb.launch")
+    fake.fit_workers = fake_fit_workers
+    monkeypatch.setitem(sys.modules, "nfk_nb.launch", fake)
+    monkeypatch.setattr(nfk_nb, "launch", fake, raising=False)
+    est = nfk(shell, f"fit net X {FIT} --workers 3")
+    assert calls == [3] and est.embedding_.shape == (200, 4)
+    del fake.fit_workers
+    with pytest.raises(UsageError, match="Multi-process fitting is unavailable"):
+        nfk(shell, f"fit net X {FIT} --workers 2")
+
+
+# -- bad input: one-sentence UsageErrors --------------------------------------------------------------
+BAD = [
+    ("fitt net X", "Unknown %nfk subcommand 'fitt'"),
+    ("fit nett X", "MODEL 'nett' is not defined"),
+    ("fit net Xx[:10]", "undefined name"),
+    ("fit net X --rank abc", "--rank: expected a positive integer"),
+    ("fit net X --rank 0", "--rank: expected a positive integer"),
+    ("fit net X --rank 5000", "rank=5000 is larger than"),
+    ("fit net X --kind foo", "--kind: invalid choice"),
+    ("fit net X --fisher kfac", "--fisher: invalid choice"),
+    ("fit net X --device foo", "not a torch device"),
+    ("fit net X --bogus 1", "unrecognized arguments"),
+    ("fit net", "needs MODEL and DATA"),
+    ("fit net X --score label", "needs labels: add --labels"),
+    ("fit net X --kind regression", "needs regression targets"),
+    ("fit X X", "not a torch.nn.Module"),
+    ("fit net 3", "DATA '3' is a int"),
+    ("fit net X --kind gan", "--kind gan needs --sampler"),
+    ("fit net X --kind gan --sampler y", "not a callable"),
+    ("fit net X --kind vae", "(encoder, decoder) tuple"),
+    ("fit net X --kind regression --score label", "--score applies to classifiers only"),
+    ("fit net (X, y) --labels y", "already carries labels"),
+    ("fit net X[:10", "Unclosed bracket"),
+    ("fit net X) ", "Unbalanced brackets"),
+    ("fit net torch.zeros(50, 3) --rank 2", "cannot take inputs of shape (batch, 3)"),
+    ("fit broken X --rank 2", "boom"),
+    ("fit net X -o 1abc", "not a valid Python variable name"),
+    ("fit net X --model m", "--model/--data name what a %%nfk fit cell defines"),
+    ("embed net X", "not a LowRankNFK"),
+    ("embed unfitted X", "not fitted yet"),
+    ("spectrum y", "is a Tensor, not a LowRankNFK"),
+    ("probe est y[:10]", "has 10 entries but the data have 200 rows"),
+    ("probe est y --cv 500", "fewer than --cv 500"),
+    ("probe est y --test X yt", "EMB2 has 64 features but EMB has 4"),
+    ("probe net y", "not an embedding"),
+    ("kernel est X Xt --labels y", "--labels sorts a square kernel"),
+    ("explore est X --images 8", "--images: expected H,W"),
+    ("explore est X --index 999", "--index 999 is out of range"),
+    ("explore net X", "not a fitted LowRankNFK or an N×k embedding"),
+    ("load /nonexistent/est.nfk net", "No saved NFK estimator"),
+    ("save est /proc/forbidden/est.nfk", "Cannot write"),
+    ("help nothing", "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("line,message", BAD, ids=[b[0] for b in BAD])
+def test_bad_input_raises_one_sentence_usage_error(shell, est, line, message):
+    with pytest.raises(UsageError) as info:
+        nfk(shell, line)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text.strip() and len(text) < 400
+    assert "Traceback" not in text
+
+
+def test_bad_input_in_a_cell_shows_usage_error_not_traceback(shell, capsys):
+    result = shell.run_cell("%nfk fit net X --rank abc")
+    assert isinstance(result.error_in_exec, UsageError)
+    err = capsys.readouterr()
+    assert "UsageError" in err.out + err.err and "Traceback" not in err.out + err.err
+
+
+def test_split_args_keeps_expressions_together():
+    assert magics.split_args("fit net (X, y) --labels y[y == 3]") == [
+        "fit", "net", "(X, y)", "--labels", "y[y == 3]"]
+    assert magics.split_args("save est 'my dir/est.nfk'") == ["save", "est", "my dir/est.nfk"]
+    assert magics.split_args("  ") == []
+
+
+# -- nfk-nb enable-extension -----------------------------------------------------------------------------
+def enable(tmp_path, *extra):
+    return magics.enable_command(Namespace(profile="test", ipython_dir=str(tmp_path),
+                                           disable="--disable" in extra))
+
+
+def extensions(path):
+    cfg = PyFileConfigLoader(path.name, path=str(path.parent)).load_config()
+    return cfg.InteractiveShellApp.extensions.get_value([])
+
+
+def test_enable_extension_is_idempotent_and_reversible(tmp_path):
+    path = magics.config_path("test", str(tmp_path))
+    path.parent.mkdir(parents=True)
+    path.write_text("c = get_config()\nc.InteractiveShellApp.exec_lines = ['x = 1']\n")
+    assert enable(tmp_path) == 0 and enable(tmp_path) == 0
+    text = path.read_text()
+    assert text.count(magics.BEGIN) == 1 and "exec_lines" in text
+    assert extensions(path) == ["nfk_nb"]
+    enable(tmp_path, "--disable")
+    assert magics.BEGIN not in path.read_text() and "exec_lines" in path.read_text()
+    assert extensions(path) == []
+
+
+def test_enable_extension_cli_creates_the_profile(tmp_path):
+    from nfk_nb.cli import main
+
+    assert main(["enable-extension", "--ipython-dir", str(tmp_path), "--profile", "fresh"]) == 0
+    assert extensions(tmp_path / "profile_fresh" / "ipython_config.py") == ["nfk_nb"]
+
+
+def test_enabled_extension_loads_in_a_real_ipython(tmp_path):
+    enable(tmp_path)
+    code = "print('NFK', get_ipython().find_line_magic('nfk') is not None)"
+    out = subprocess.run(
+        [sys.executable, "-m", "IPython", f"--ipython-dir={tmp_path}", "--profile=test", "--no-banner",
+         "--HistoryManager.enabled=False", "-c", code],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert "NFK True" in out.stdout, out.stdout + out.stderr
