@@ -137,6 +137,12 @@ def get_reducer() -> Reducer:
 # -- helpers shared by the launchers and the estimator ----------------------------------------------
 
 
+def same_on_all_ranks(reducer: Reducer, value: int) -> bool:
+    """Whether every rank passed the same integer (a collective: ``Σv² · W == (Σv)²`` iff all equal)."""
+    s = reducer.sum(torch.tensor([float(value), float(value) ** 2], dtype=torch.float64))
+    return bool(s[0] ** 2 == reducer.world_size * s[1])
+
+
 def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
     """Rows ``[lo, hi)`` of an even contiguous split of ``n`` rows (the first ``n % world_size``
     ranks get one more), so concatenating the shards in rank order gives back the data."""

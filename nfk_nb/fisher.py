@@ -88,13 +88,14 @@ def score_moment(
     total = torch.zeros(op.P, dtype=acc_dtype, device=op.device)
     n = 0
     for batch in batches:
-        g = op.per_example_grads(op.to_batch(batch)).to(acc_dtype)
-        _finite_or_raise(g, op, n)
-        if mean is not None:
-            g = g - mean
-        total += (g**power).sum(0)
-        n += len(g)
-        tick(len(g))
+        prepared = op.to_batch(batch)
+        s = op.score_moment(prepared, mean, power)  # never the flat B×P copy (functional.py)
+        if not bool(torch.isfinite(s).all()):  # a bad gradient poisons the sum: find the example
+            _finite_or_raise(op.per_example_grads(prepared).to(acc_dtype), op, n)
+        total += s
+        b = len(prepared[0])
+        n += b
+        tick(b)
     return reducer.sum(total), reducer.count(n)
 
 

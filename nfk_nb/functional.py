@@ -5,7 +5,11 @@ For a batch of B examples with per-example gradients ``G`` (B×P, never formed h
 
 * ``jvp(batch, T)``  = ``G Tᵀ``  (B×k): one forward-mode pass, ``vmap``-ped over the k tangents;
 * ``vjp(batch, A)``  = ``Aᵀ G``  (k×P): one forward, then k reverse passes ``vmap``-ped;
-* ``per_example_grads(batch)`` = ``G``: ``vmap(grad)`` over the examples.
+* ``per_example_grads(batch)`` = ``G``: ``vmap(grad)`` over the examples;
+* ``score_moment(batch, m, p)`` = ``Σ_i (g_i - m)^p``: ``p = 1`` is one ordinary backward pass,
+  ``p ≥ 2`` runs ``vmap(grad)`` on sub-batches of ``MOMENT_CHUNK`` examples, parameter by parameter,
+  so the B×P matrix is never copied into one flat block (measured on the digits MLP, 1 thread:
+  ~2× faster than ``per_example_grads`` followed by the moment, ~3× faster with the old copies).
 
 Examples never interact because the model runs in eval mode (see ``_modes.eval_mode``), so the JVP
 of the batched ``log p̃`` is the stack of per-example JVPs.
@@ -20,6 +24,10 @@ from torch import Tensor, nn
 from torch.func import functional_call, grad, jvp, vjp, vmap
 
 from .likelihoods import Batch, Likelihood
+
+# Examples per vmap(grad) call in score_moment: per-example gradients of 64 examples of a ~100k-
+# parameter model stay in cache; 256 or 1024 at once were 1.7× and 2.2× slower per example.
+MOMENT_CHUNK = 64
 
 
 @dataclass(frozen=True)
@@ -173,6 +181,48 @@ class LogProbOperator:
         grads = vmap(grad(single), in_dims=(None, 0))(self.theta, batch)
         return self.space.flatten(grads, lead=1)
 
+    @property
+    def acc_dtype(self) -> torch.dtype:
+        """Dtype of sums: at least float32, float64 for float64 models."""
+        return torch.promote_types(self.dtype, torch.float32)
+
+    def score_moment(self, batch: Batch, mean: Tensor | None, power: int) -> Tensor:
+        """``Σ_i (g_i - mean)^power`` over a prepared batch, shape ``(P,)``, in :attr:`acc_dtype`.
+
+        Equals ``((per_example_grads(batch) - mean) ** power).sum(0)`` without forming the flat
+        B×P matrix; ``power == 1`` needs no per-example gradients at all (``Σ_i g_i`` is the
+        gradient of ``Σ_i log p̃(x_i)``). A non-finite gradient makes the result non-finite.
+        """
+        acc = self.acc_dtype
+        n = len(batch[0])
+        total = torch.zeros(self.P, dtype=acc, device=self.device)
+        if power == 1:
+            _, pullback = vjp(lambda th: self(th, batch), self.theta)
+            ones = torch.ones(n, dtype=self.dtype, device=self.device)
+            self._add_flat(total, pullback(ones)[0])
+            return total if mean is None else total - n * mean.to(total)
+        views = self.space.unflatten(total)
+        means = None if mean is None else self.space.unflatten(mean.to(total))
+
+        def single(theta: dict[str, Tensor], example: Batch) -> Tensor:
+            return self(theta, _add_batch_dim(example))[0]
+
+        per_example = vmap(grad(single), in_dims=(None, 0))
+        for start in range(0, n, MOMENT_CHUNK):
+            sub = tuple(t[start : start + MOMENT_CHUNK] for t in batch)
+            for name, g in per_example(self.theta, sub).items():
+                # out of place first: vmap may return an expanded (stride-0) tensor for an unused
+                # parameter; later steps are in place on the fresh tensor
+                d = g.to(acc) - means[name] if means is not None else g.to(acc) * 1
+                views[name] += (d.square_() if power == 2 else d.pow_(power)).sum(0)
+        return total
+
+    def _add_flat(self, out: Tensor, grads: dict[str, Tensor]) -> None:
+        """``out (…, P) += flatten(grads)`` through views, without a concatenated copy."""
+        views = self.space.unflatten(out)
+        for name in self.space.names:
+            views[name] += grads[name]
+
     def jvp(self, batch: Batch, tangents: Tensor) -> Tensor:
         """``G Tᵀ`` for tangents ``T`` of shape ``(k, P)``; returns ``(B, k)``."""
         tan = self.space.unflatten(tangents)
@@ -182,11 +232,19 @@ class LogProbOperator:
 
         return vmap(along, chunk_size=self.chunk_size)(tan).T
 
-    def vjp(self, batch: Batch, cotangents: Tensor) -> Tensor:
-        """``Aᵀ G`` for cotangents ``A`` of shape ``(B, k)``; returns ``(k, P)``."""
+    def vjp(self, batch: Batch, cotangents: Tensor, out: Tensor | None = None) -> Tensor:
+        """``Aᵀ G`` for cotangents ``A`` of shape ``(B, k)``; returns ``(k, P)``.
+
+        With ``out`` (a ``(k, P)`` tensor, any floating dtype) the product is added into ``out``
+        in place and ``out`` is returned: accumulating over batches this way skips one (k, P)
+        concatenation per batch (~20% of a VJP of the digits MLP).
+        """
         _, pullback = vjp(lambda th: self(th, batch), self.theta)
         grads = vmap(pullback, chunk_size=self.chunk_size)(cotangents.T.contiguous())[0]
-        return self.space.flatten(grads, lead=1)
+        if out is None:
+            return self.space.flatten(grads, lead=1)
+        self._add_flat(out, grads)
+        return out
 
 
 def _tied_aliases(model: nn.Module, selected: set[str]) -> dict[str, str]:

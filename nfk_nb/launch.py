@@ -212,19 +212,34 @@ def _stop(procs: Sequence[Any]) -> None:
             p.join(5.0)
 
 
+_PEER_LOSS = ("Connection reset by peer", "Connection closed by peer", "gloo/transport", "NCCL")
+
+
+def _is_peer_loss(report: dict[str, Any]) -> bool:
+    """An error that only says a peer went away (the consequence, not the cause)."""
+    return report["type"] in ("DistBackendError", "DistNetworkError") or any(
+        s in report["message"] for s in _PEER_LOSS)
+
+
 def _raise_worker_error(workdir: Path, procs: Sequence[Any], dead: list[tuple[int, int]]) -> None:
-    """Re-raise the first error a worker reported; ``dead`` lists (rank, exit code) before stopping."""
+    """Re-raise the error that caused the failure; ``dead`` lists (rank, exit code) before stopping.
+
+    The cause is the earliest error that is not a lost connection; when there is none, a worker
+    that died without a report (a crash, a kill) is the cause; else the earliest report.
+    """
     reports = []
     for f in workdir.glob("rank*.err"):
         with open(f, "rb") as fh:
             reports.append(pickle.load(fh))
-    if not reports:
-        r, code = dead[0]
+    reports.sort(key=lambda rep: rep["time"])
+    causes = [rep for rep in reports if not _is_peer_loss(rep)]
+    silent = [(r, code) for r, code in dead if r not in {rep["rank"] for rep in reports}]
+    if not causes and silent:
+        r, code = silent[0]
         how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
         raise WorkerError(f"Worker rank {r} died ({how}) without reporting an error; "
                           f"the other workers were stopped.")
-    # the first error is the cause; the others are peers losing their connection to it
-    first = min(reports, key=lambda rep: rep["time"])
+    first = (causes or reports)[0]
     exc = None
     if first["exc"] is not None:
         with contextlib.suppress(Exception):
@@ -311,15 +326,20 @@ def run_workers(
         if bar_send is not None:
             bar_send.close()  # the child holds its own copy; EOF tells us it is gone
         watch = [p.sentinel for p in procs] + ([bar_recv] if bar_recv is not None else [])
+
+        def drain() -> None:
+            nonlocal bar_recv
+            try:
+                while bar_recv is not None and bar_recv.poll():
+                    bars.handle(bar_recv.recv())
+            except (EOFError, OSError):
+                watch.remove(bar_recv)
+                bar_recv = None
+
         while True:
             ready = wait(watch, timeout=0.25)
             if bar_recv is not None and bar_recv in ready:
-                try:
-                    while bar_recv.poll():
-                        bars.handle(bar_recv.recv())
-                except (EOFError, OSError):
-                    watch.remove(bar_recv)
-                    bar_recv = None
+                drain()
             dead = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode not in (None, 0)]
             if dead:
                 _stop(procs)
@@ -329,6 +349,7 @@ def run_workers(
             if timeout is not None and time.monotonic() - start > timeout:
                 _stop(procs)
                 raise WorkerError(f"The workers gave no result within {timeout} s and were stopped.")
+        drain()  # rank 0's last counts
         return [torch.load(workdir / f"rank{r}.pt", map_location="cpu", weights_only=False)
                 for r in range(world)]
     finally:

@@ -68,6 +68,10 @@ def _jsonable(value: Any) -> Any:
     return repr(value)
 
 
+def _qualname(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', type(obj).__qualname__)}"
+
+
 def _lik_text(described: dict[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in described.items())
 
@@ -108,6 +112,11 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         Show a progress bar (text in a terminal, a widget in a notebook), or a tqdm-like factory.
     chunk_size : int, optional
         ``vmap`` chunk over sketch columns, to bound memory for large models.
+    sketch : {"power", "single_pass"}
+        ``"power"``: range finder with ``power_iters`` power iterations (2q + 2 passes).
+        ``"single_pass"``: Tropp et al. (2017) one-pass sketch, range and co-range sketches in one
+        sweep over the data (``power_iters`` is ignored); less accurate, for data that are costly
+        to read again. Both then embed with one more pass.
 
     Attributes
     ----------
@@ -141,6 +150,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         whiten: bool = False,
         progress: bool | Callable[..., Any] = True,
         chunk_size: int | None = None,
+        sketch: str = "power",
     ) -> None:
         self.lik = lik
         self.rank = rank
@@ -155,6 +165,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         self.whiten = whiten
         self.progress = progress
         self.chunk_size = chunk_size
+        self.sketch = sketch
 
     # -- validation -----------------------------------------------------------------------------
     def _check_params(self) -> None:
@@ -172,6 +183,8 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                 raise NFKTypeError(f"{name} must be an integer, got {value!r}.")
         if self.rank < 1:
             raise NFKError(f"rank must be at least 1, got {self.rank}.")
+        if self.sketch not in ("power", "single_pass"):
+            raise NFKError(f"sketch={self.sketch!r} is not one of 'power', 'single_pass'.")
         if self.power_iters < 0 or self.oversample < 0:
             raise NFKError("power_iters and oversample must be non-negative.")
         if self.batch_size < 1:
@@ -259,6 +272,14 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             check_inputs(op, source)
             ckpt = self._checkpoint(checkpoint, op, source, n_total, reducer)
             state = ckpt.load() if ckpt is not None else None
+            if ckpt is not None and reducer.world_size > 1:
+                from .distributed import same_on_all_ranks
+
+                # a kill can stop ranks one stage apart; resuming apart would pair the wrong collectives
+                stage = -1 if state is None else (1 + (state[1].get("trace") is not None)
+                                                  + int(state[1].get("sketch_passes", 0)))
+                if not same_on_all_ranks(reducer, stage):
+                    state = None  # every rank starts over, together
             reference, n_ref = self._reference_batches(source)
             fisher_passes = 2 if self.lik.centered else 1
             trace_pass = self.lik.reference == "sampler"
@@ -283,7 +304,10 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                                   {"n_reference": fisher.n_reference, "trace": trace,
                                    "sketch_passes": passes})
 
-                Wt, S = self._sketch(products, reducer, l, P, acc, resume=resume, save=save)
+                if self.sketch == "single_pass":
+                    Wt, S = self._sketch_single_pass(products, reducer, l, P, acc)
+                else:
+                    Wt, S = self._sketch(products, reducer, l, P, acc, resume=resume, save=save)
                 embedding = products.matvec(Wt)
                 check_finite_rows(embedding, "embedding")
             finally:
@@ -314,6 +338,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         identity: dict[str, Any] = {
             "params": params,
             "likelihood": self.lik.describe(),
+            "log_prob": _qualname(getattr(self.lik, "_user_log_prob", None) or type(self.lik)),
             "model": op.space.fingerprint(),
             "weights": tensors_digest({**op.theta, **op.frozen}),
             "compute_dtype": str(op.dtype),
@@ -425,6 +450,38 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         k = self.rank
         Wt, S = Wt[:k], S[:k]
         Wt = (Wt * svd_flip_rows(Wt)[:, None]).contiguous()  # row-major, as it is saved and loaded
+        return Wt, S
+
+    def _sketch_single_pass(
+        self, products: FisherVectorProducts, reducer: Reducer, l: int, P: int, acc: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        """Tropp, Yurtsever, Udell & Cevher (2017): one sweep for ``Y = V Ωᵀ`` and ``W = Ψ V``.
+
+        With ``Q = orth(Y)`` (N×l) and ``m = 2l + 1`` co-range rows, ``X = (Ψ Q)⁺ W`` (l×P)
+        estimates ``Qᵀ V`` without a second pass; its thin SVD gives ``S`` and ``Wᵀ``.
+        """
+        gen = torch.Generator().manual_seed(int(self.seed))
+        omega = torch.randn(l, P, generator=gen, dtype=torch.float64).to(acc)
+        m = 2 * l + 1  # co-range size, Tropp et al.'s recommendation
+        # Ψ rows are drawn per example; each process draws its own independent rows
+        psi_gen = torch.Generator().manual_seed(int(self.seed) + 1 + 7919 * reducer.rank)
+
+        def draw(b: int) -> Tensor:
+            return torch.randn(b, m, generator=psi_gen, dtype=torch.float64)
+
+        Y, W, Psi = products.sweep(omega, draw)
+        del omega
+        check_finite_rows(Y, "sketch product V Uᵀ")
+        check_finite_columns(W, products.op, "sketch product Ψ V")
+        products.tick(len(Y) * 2 * self.power_iters)  # the progress total counts 2q + 2 passes
+        Q = reducer.local_rows(_orth(reducer.gather_rows(Y)), len(Y))
+        PsiQ = reducer.sum(Psi.to(Q).T @ Q)  # (m, l)
+        Q2, R2 = torch.linalg.qr(PsiQ)  # least squares through the small QR: W stays where it is
+        X = torch.linalg.solve_triangular(R2, Q2.T @ W, upper=True)
+        _, S, Wt = torch.linalg.svd(X, full_matrices=False)
+        k = self.rank
+        Wt, S = Wt[:k], S[:k]
+        Wt = (Wt * svd_flip_rows(Wt)[:, None]).contiguous()
         return Wt, S
 
     # -- using a fit ----------------------------------------------------------------------------

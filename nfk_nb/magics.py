@@ -25,8 +25,9 @@ A session::
 
 MODEL, DATA, EST, EMB and LABELS are names or Python expressions in the notebook's namespace
 (``X[:100]``, ``(X, y)``); brackets keep spaces together. As in every IPython magic, ``$name`` and
-``{expr}`` are replaced by their values first, so notebook parameters work: ``--rank $rank``. Every bad input raises ``UsageError`` with
-one sentence, which also makes papermill stop on a failing ``%nfk`` cell.
+``{expr}`` are replaced by their values first, so notebook parameters work: ``--rank $rank``.
+Every bad input raises ``UsageError`` with one sentence, which also makes papermill stop on a
+failing ``%nfk`` cell.
 """
 
 from __future__ import annotations
@@ -152,7 +153,7 @@ def _model_options(p: _Parser) -> None:
                         "label = log p(y|x) with the given labels, predicted = log p(argmax|x)")
     g.add_argument("--sampler", metavar="NAME",
                    help="callable sampler(n) returning n model samples (gan; optional for classifier)")
-    g.add_argument("--sigma", type=_positive_float, default=1.0,
+    g.add_argument("--sigma", metavar="SIGMA", type=_positive_float, default=1.0,
                    help="noise standard deviation of --kind regression (default 1.0)")
 
 
@@ -160,12 +161,14 @@ def _fisher_options(p: _Parser) -> None:
     g = p.add_argument_group("Fisher information")
     g.add_argument("--fisher", choices=("diagonal", "identity"), default=None,
                    help="Fisher estimate: diagonal (default: NFKMagics.fisher) or identity (gradient kernel)")
-    g.add_argument("--damping", type=_positive_float, default=None,
+    g.add_argument("--damping", metavar="LAMBDA", type=_positive_float, default=None,
                    help=f"relative damping of the diagonal Fisher (default: NFKMagics.damping = "
                         f"{DEFAULT_DAMPING:g})")
-    g.add_argument("--batch-size", type=_positive_int, default=None, help="examples per batch")
-    g.add_argument("--device", type=_device, default=None, help="compute device (default: CUDA if present)")
-    g.add_argument("--seed", type=int, default=None, help="seed of the random sketch and sampler draws")
+    g.add_argument("--batch-size", metavar="B", type=_positive_int, default=None, help="examples per batch")
+    g.add_argument("--device", metavar="D", type=_device, default=None,
+                   help="compute device (default: CUDA if present)")
+    g.add_argument("--seed", metavar="S", type=int, default=None,
+                   help="seed of the random sketch and sampler draws")
 
 
 def build_parsers() -> dict[str, _Parser]:
@@ -184,13 +187,13 @@ def build_parsers() -> dict[str, _Parser]:
     p.add_argument("--labels", metavar="NAME", help="labels or targets to pair with DATA, as (DATA, LABELS)")
     _model_options(p)
     g = p.add_argument_group("low-rank approximation")
-    g.add_argument("--rank", type=_positive_int, default=None,
+    g.add_argument("--rank", metavar="K", type=_positive_int, default=None,
                    help="embedding dimension k (default: NFKMagics.rank)")
-    g.add_argument("--power-iters", type=_nonnegative_int, default=None,
+    g.add_argument("--power-iters", metavar="Q", type=_nonnegative_int, default=None,
                    help="power iterations of the randomised SVD (default: NFKMagics.power_iters)")
-    g.add_argument("--oversample", type=_nonnegative_int, default=None,
+    g.add_argument("--oversample", metavar="P", type=_nonnegative_int, default=None,
                    help="extra sketch columns (default: NFKMagics.oversample)")
-    g.add_argument("--workers", type=_positive_int, default=None,
+    g.add_argument("--workers", metavar="N", type=_positive_int, default=None,
                    help="fit in N local processes (nfk_nb.launch.fit_workers; default: NFKMagics.workers)")
     g.add_argument("--quiet", action="store_true", help="no progress bar")
     _fisher_options(p)
@@ -227,8 +230,8 @@ def build_parsers() -> dict[str, _Parser]:
     p.add_argument("EMB", help="N×k embedding, or a fitted LowRankNFK (its fit embedding)")
     p.add_argument("LABELS", help="N labels")
     p.add_argument("--test", nargs=2, metavar=("EMB2", "LABELS2"), help="held-out embedding and labels")
-    p.add_argument("--cv", type=_positive_int, default=5, help="cross-validation folds without --test "
-                                                               "(default 5)")
+    p.add_argument("--cv", metavar="K", type=_positive_int, default=5,
+                   help="cross-validation folds without --test (default 5)")
     _out(p)
 
     p = ps["explore"] = _parser("explore", "Interactive explorer: the embedding of DATA in 2-D coloured by "
@@ -238,9 +241,9 @@ def build_parsers() -> dict[str, _Parser]:
     p.add_argument("DATA", help="the inputs (X, or (X, y) whose y become the labels)")
     p.add_argument("--labels", metavar="Y", help="labels colouring the points")
     p.add_argument("--images", type=_shape, metavar="H,W", help="show inputs as H×W images, e.g. 8,8")
-    p.add_argument("--neighbours", type=_positive_int, default=None,
+    p.add_argument("--neighbours", metavar="K", type=_positive_int, default=None,
                    help="how many neighbours to show (default: NFKMagics.neighbours)")
-    p.add_argument("--index", type=_nonnegative_int, default=0, help="the point selected first")
+    p.add_argument("--index", metavar="I", type=_nonnegative_int, default=0, help="the point selected first")
     _out(p)
 
     p = ps["save"] = _parser("save", "Save a fitted estimator (safetensors, never pickled).")
@@ -252,7 +255,8 @@ def build_parsers() -> dict[str, _Parser]:
     p.add_argument("PATH", help="file written by %%nfk save")
     p.add_argument("MODEL", help="torch module, (encoder, decoder) tuple or nfk_nb likelihood")
     _model_options(p)
-    p.add_argument("--device", type=_device, default=None, help="compute device for later transforms")
+    p.add_argument("--device", metavar="D", type=_device, default=None,
+                   help="compute device for later transforms")
     _out(p)
 
     p = ps["help"] = _parser("help", "Show help on %nfk or one subcommand.")
@@ -590,6 +594,8 @@ class NFKMagics(Magics):
                                  f"{tuple(E.shape)}.")
             return E
 
+        if not args.test and args.cv < 2:
+            raise UsageError(f"--cv needs at least 2 folds, got {args.cv}; or use --test EMB2 LABELS2.")
         E = embedding(args.EMB, "EMB")
         y = self._labels(args.LABELS, len(E), "LABELS")
         from .evaluate import linear_probe

@@ -90,7 +90,7 @@ def plot_spectrum(est: Any, explained: Any = None, title: str | None = None) -> 
         ax2.axhline(1.0, color="0.6", lw=0.8, ls="--")
         ax2.set_ylabel("cumulative fraction of trace(K)")
         note = (f"top {len(S)}: {cum[-1]:.1%} of trace\nfirst: {ratio[0]:.1%}\n"
-                f"effective rank {effective_rank(S):.1f}")
+                f"effective rank {effective_rank(S):.1f} of {len(S)}")
     else:
         lam = S**2
         ax2.plot(k, np.cumsum(lam) / lam.sum(), "o-", ms=3, color="C1")

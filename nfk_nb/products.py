@@ -60,8 +60,51 @@ class FisherVectorProducts:
         for batch in self.batches():
             b = len(batch[0])
             a = A[start : start + b]
-            total += self.op.vjp(self.op.to_batch(batch), a.to(self.op.dtype)).to(self.acc_dtype)
+            self.op.vjp(self.op.to_batch(batch), a.to(self.op.dtype), out=total)
             start += b
             self.tick(b)
-        total -= A.sum(0)[:, None] * self.mean[None, :]
-        return self.reducer.sum(total * self.scale)
+        return self._finish_rows(total, A.sum(0))
+
+    def _finish_rows(self, total: Tensor, weight_sums: Tensor) -> Tensor:
+        """``(Σ a_i g_i - (Σ a_i) m) ⊙ D``, summed over processes (in place on ``total``)."""
+        total.addr_(weight_sums, self.mean, alpha=-1)
+        total *= self.scale
+        return self.reducer.sum(total)
+
+    def sweep(self, U: Tensor, draw: Callable[[int], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        """``V Uᵀ`` and ``Ψ V`` in one pass over the data (the single-pass sketch).
+
+        Parameters
+        ----------
+        U : Tensor (k, P)
+            Directions of the range sketch.
+        draw : callable
+            ``draw(b)`` returns the next ``b`` rows of ``Ψᵀ`` (b, m), one row per local example.
+
+        Returns
+        -------
+        Y : Tensor (n_local, k)
+            ``V Uᵀ``.
+        W : Tensor (m, P)
+            ``Ψ V``, summed over processes.
+        Psi : Tensor (n_local, m)
+            The rows of ``Ψᵀ`` that were drawn (needed to solve for the core matrix).
+        """
+        T = U.to(self.op.device, self.acc_dtype) * self.scale
+        offset = T @ self.mean
+        T = T.to(self.op.dtype)
+        rows, psi = [], []
+        total = None
+        for batch in self.batches():
+            b = len(batch[0])
+            moved = self.op.to_batch(batch)  # loaded and moved once for both products
+            rows.append(self.op.jvp(moved, T).to(self.acc_dtype) - offset)
+            self.tick(b)
+            a = draw(b).to(self.op.device, self.acc_dtype)
+            if total is None:
+                total = torch.zeros(a.shape[1], self.op.P, dtype=self.acc_dtype, device=self.op.device)
+            self.op.vjp(moved, a.to(self.op.dtype), out=total)
+            psi.append(a)
+            self.tick(b)
+        Psi = torch.cat(psi)
+        return torch.cat(rows), self._finish_rows(total, Psi.sum(0)), Psi

@@ -9,17 +9,18 @@ them. Files are written to a temporary file in the same folder, flushed to disk 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from .errors import NFKError
@@ -27,6 +28,7 @@ from .errors import NFKError
 FORMAT = "nfk_nb.lowrank"
 FORMAT_VERSION = 2  # 2 adds the metadata checksum; version 1 files (tensor checksum only) still load
 _CHECKSUM_KEYS = ("checksum", "meta_checksum")
+_MAX_HEADER = 100 * 2**20  # a header this large is not one of ours
 
 
 def tensors_checksum(tensors: dict[str, Tensor]) -> str:
@@ -58,15 +60,19 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """Yield a temporary path next to ``path``; on success flush it to disk and rename it to ``path``.
+
+    On any error (or interrupt) the temporary file is removed and ``path`` is left untouched.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
+        yield tmp
+        with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
@@ -74,6 +80,12 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(path.parent)  # make the rename itself durable
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same folder and an atomic rename."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
 
 
 def remove_stale_temporaries(path: str | os.PathLike) -> None:
@@ -105,17 +117,21 @@ def save_state(
     header = json.loads(json.dumps({**meta, "format": fmt, "format_version": FORMAT_VERSION}))
     header["checksum"] = tensors_checksum(cpu)
     header["meta_checksum"] = meta_checksum(header)
-    atomic_write_bytes(path, st_save(cpu, metadata={"nfk_nb": json.dumps(header)}))
+    with atomic_path(path) as tmp:  # written straight to disk: no second copy in memory
+        save_file(cpu, tmp, metadata={"nfk_nb": json.dumps(header)})
 
 
-def _read(path: Path, what: str) -> tuple[dict[str, Tensor], Any]:
-    raw = path.read_bytes()
-    if len(raw) < 8:
-        raise ValueError(f"only {len(raw)} bytes")
-    tensors = st_load(raw)
-    header_len = int.from_bytes(raw[:8], "little")
-    header = json.loads(raw[8 : 8 + header_len])
+def _read(path: Path) -> tuple[dict[str, Tensor], Any]:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            raise ValueError(f"only {len(head)} bytes")
+        header_len = int.from_bytes(head, "little")
+        if header_len > _MAX_HEADER:
+            raise ValueError(f"a header of {header_len} bytes")
+        header = json.loads(f.read(header_len))
     meta = json.loads(header["__metadata__"]["nfk_nb"])
+    tensors = load_file(path, device="cpu")  # validates the layout; never unpickles
     return tensors, meta
 
 
@@ -134,7 +150,7 @@ def load_state(
     if not path.is_file():
         raise NFKError(f"No {what} at {str(path)!r}.")
     try:
-        tensors, meta = _read(path, what)
+        tensors, meta = _read(path)
     except (SafetensorError, ValueError, KeyError, TypeError, json.JSONDecodeError) as exc:
         raise NFKError(
             f"{str(path)!r} is not a readable {what} (truncated, altered or another kind of file): {exc}."

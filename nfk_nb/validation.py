@@ -3,7 +3,9 @@
 * :func:`check_inputs` runs the model once on two examples of the first batch (in eval mode, no
   gradients) before any expensive pass, so a wrong input shape, integer pixels fed to a ``Linear`` or
   a ``log_prob`` that does not return one number per example fail at once, with the expected shape
-  named when the model's first layer tells it.
+  named when the model's first layer tells it; then per-example gradients and one JVP of those two
+  examples, so a model that ``torch.func`` cannot transform (Python branches on tensor values,
+  ``.item()``) fails in one sentence too.
 * :func:`check_labels` refuses unlabelled data for scores that need labels.
 * :func:`check_finite_rows` / :func:`check_finite_columns` check the outputs of the sketch passes
   (``V Uᵀ`` and ``Aᵀ V``): O(size of the output), negligible next to the passes themselves.
@@ -44,6 +46,8 @@ def expected_input(model: nn.Module) -> str | None:
     if found is None:
         return None
     name, layer = found
+    if isinstance(layer, nn.modules.lazy.LazyModuleMixin) and layer.has_uninitialized_params():
+        return None
     label = f"its first layer {name!r} ({type(layer).__name__})"
     if isinstance(layer, nn.Linear):
         n = layer.in_features
@@ -84,14 +88,16 @@ def check_inputs(op: LogProbOperator, source: DataSource) -> None:
         Integer or boolean inputs for a model whose first layer needs floating-point inputs.
     NFKError
         Inputs whose shape the model cannot take (naming the expected shape when the first layer
-        tells it), or a ``log_prob`` that does not return one number per example.
+        tells it), a ``log_prob`` that does not return one number per example, or a model that
+        ``torch.func`` cannot differentiate per example.
     """
     batch = tuple(t[:2] for t in source.first())
     x = batch[0]
     model = op.lik.model
     try:
         with torch.no_grad():
-            out = op.log_prob(op.to_batch(batch))
+            prepared = op.to_batch(batch)
+            out = op.log_prob(prepared)
     except NFKError:
         raise
     except _MODEL_ERRORS as exc:
@@ -112,6 +118,24 @@ def check_inputs(op: LogProbOperator, source: DataSource) -> None:
             f"log_prob must return one number per example, shape ({len(x)},) for {len(x)} examples, "
             f"got {got}."
         )
+    _check_differentiable(op, prepared)
+
+
+def _check_differentiable(op: LogProbOperator, prepared: tuple[Tensor, ...]) -> None:
+    """Per-example gradients and one JVP on the probe batch: torch.func failures get one sentence."""
+    try:
+        op.per_example_grads(prepared)
+        op.jvp(prepared, torch.zeros(1, op.P, dtype=op.dtype, device=op.device))
+    except NFKError:
+        raise
+    except (RuntimeError, NotImplementedError) as exc:
+        text = str(exc).strip()
+        reason = text.splitlines()[0].split(". ")[0] if text else type(exc).__name__
+        raise NFKError(
+            f"The model runs but torch.func cannot differentiate it per example; avoid Python "
+            f"branches on tensor values, .item() and in-place updates of module state in forward "
+            f"(torch said: {reason})."
+        ) from exc
 
 
 def _parameter_of(op: LogProbOperator, column: int) -> str:

@@ -98,11 +98,10 @@ class EmbeddingExplorer(widgets.VBox):
         self.info = widgets.HTML()
         self.scatter = widgets.Image(format="png")
         self.neighbour_view = widgets.Image(format="png") if self.images is not None else widgets.HTML()
-        super().__init__(children=[
-            widgets.HBox([self.slider, self.random_button]),
-            self.info,
-            widgets.HBox([self.scatter, self.neighbour_view]),
-        ])
+        # a neighbour table fits beside the scatter; a row of images goes below it
+        box = widgets.VBox if self.images is not None else widgets.HBox
+        views = box([self.scatter, self.neighbour_view])
+        super().__init__(children=[widgets.HBox([self.slider, self.random_button]), self.info, views])
         traitlets.link((self.slider, "value"), (self, "index"))
         self.observe(self._update, names="index")
         if not 0 <= int(index) < n:

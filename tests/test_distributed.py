@@ -88,6 +88,26 @@ def test_single_process_reducer_is_the_identity():
     assert [shard_bounds(7, 3, k) for k in range(3)] == [(0, 3), (3, 5), (5, 7)]
 
 
+def _reducer_ops(rank, world, progress):
+    r = get_reducer()
+    rows = torch.arange(6.0).reshape(3, 2) + 10 * rank
+    mine = rows[: 3 - 2 * rank]  # 3 rows on rank 0, 1 on rank 1
+    full = r.gather_rows(mine)
+    empty = r.gather_rows(torch.ones(0, 2) if rank == 1 else torch.ones(2, 2))
+    return (r.rank, r.world_size, r.sum(torch.tensor([1.0, rank])), r.count(len(mine)), full,
+            r.local_rows(full * 2, len(mine)), empty.shape)
+
+
+def test_torch_distributed_reducer_on_two_processes():
+    a, b = run_workers(_reducer_ops, [(), ()], timeout=60)
+    assert (a[0], a[1], b[0], b[1]) == (0, 2, 1, 2)
+    for rank, _, total, count, full, local, empty in (a, b):
+        torch.testing.assert_close(total, torch.tensor([2.0, 1.0]))
+        assert count == 4 and empty == (2, 2)
+        torch.testing.assert_close(full, torch.tensor([[0.0, 1], [2, 3], [4, 5], [10, 11]]))
+        torch.testing.assert_close(local, 2 * full[:3] if rank == 0 else 2 * full[3:])
+
+
 @pytest.mark.parametrize("name", ["joint", "energy"])
 def test_two_processes_match_one(name, tmp_path):
     net, X, _ = small_problem()
@@ -181,6 +201,41 @@ def test_a_failing_rank_ends_the_job_with_its_error():
     assert not hasattr(est, "components_")
 
 
+def _fit_with_checkpoint(rank, world, progress, est, shard, path, crash_at):
+    if crash_at is not None and rank == 1:  # rank 1 dies between a sum and its own checkpoint
+        from nfk_nb import checkpoint
+
+        original = checkpoint.FitCheckpoint.save
+
+        def save(self, tensors, info):
+            if info.get("sketch_passes") == crash_at:
+                time.sleep(1.0)  # meanwhile rank 0 saves this stage
+                raise RuntimeError("killed between the sum and the save")
+            return original(self, tensors, info)
+
+        checkpoint.FitCheckpoint.save = save  # in this forked worker only
+    return est.fit_transform(shard, checkpoint=path)
+
+
+def test_per_rank_checkpoints_resume_together(tmp_path):
+    net, X, _ = small_problem()
+    lik = nfk.Classifier(net)
+    E1 = estimator(lik).fit_transform(X)
+    path = tmp_path / "fit.ckpt"
+
+    def args(crash_at):
+        return [(estimator(lik), X[:40], path, crash_at), (estimator(lik), X[40:], path, crash_at)]
+
+    with pytest.raises(RuntimeError, match="killed between"):
+        run_workers(_fit_with_checkpoint, args(2), timeout=60)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.ckpt.rank0", "fit.ckpt.rank1"]
+    # the ranks stopped one stage apart: they must not resume apart (that paired the wrong collectives
+    # and hung); they agree and start over together
+    E2 = torch.cat(run_workers(_fit_with_checkpoint, args(None), timeout=60))
+    assert (E2 - E1).norm() / E1.norm() < 1e-6
+    assert not any(tmp_path.iterdir())  # removed after the successful fit
+
+
 def _die(rank, world, progress):
     if rank == 1:
         os._exit(3)  # no Python error at all: a crash, an OOM kill
@@ -192,6 +247,24 @@ def test_a_crashed_worker_is_reported_not_waited_for():
     with pytest.raises(WorkerError, match="rank 1 died"):
         run_workers(_die, [(), ()], timeout=60)
     assert time.monotonic() - start < 60
+
+
+def test_magic_fit_with_workers_in_a_test_shell():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    net, X, _ = small_problem(n=33)
+    E1 = estimator(nfk.Classifier(net, score="joint")).fit_transform(X)
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "nfk_nb")
+    try:
+        ip.user_ns.update(net=net, X=X)
+        est = ip.run_line_magic("nfk", f"fit net X --rank {RANK} --oversample 4 --batch-size 16 --quiet "
+                                       f"--workers 2 -o est_w")
+    finally:
+        ip.run_line_magic("unload_ext", "nfk_nb")
+    assert ip.user_ns["est_w"] is est
+    assert (est.embedding_ - E1).norm() / E1.norm() < 1e-6
+    assert not mp.active_children()
 
 
 SCRIPT = """
@@ -246,16 +319,16 @@ def test_cli_under_torchrun_stops_on_a_failing_rank(tmp_path):
             "def shard(rank, world_size):\n"
             "    return X[:20] if rank == 0 else X[20:]")
     proc, took, _ = _torchrun(tmp_path, data)
-    assert proc.returncode != 0
-    assert took < 60
+    assert proc.returncode != 0, proc.stderr[-3000:]
+    assert took < 60, proc.stderr[-3000:]
     assert "gave up on purpose" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "out" / "estimator.safetensors").exists()
 
 
-def test_cli_rejects_scripts_without_data(tmp_path):
+def test_cli_rejects_scripts_without_data(tmp_path, capsys):
+    from nfk_nb.cli import main
+
     script = tmp_path / "s.py"
     script.write_text("import torch\nmodel = torch.nn.Linear(2, 2)\n")
-    proc = subprocess.run([sys.executable, "-m", "nfk_nb", "fit", str(script)], capture_output=True,
-                          text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert proc.returncode == 1
-    assert "defines neither `data`" in proc.stderr
+    assert main(["fit", str(script), "--out", str(tmp_path / "out")]) == 1
+    assert "defines neither `data`" in capsys.readouterr().err

@@ -158,6 +158,32 @@ def test_cell_magic(shell):
         shell.run_cell_magic("nfk", f"fit {FIT}", "unrelated = 1\n")
 
 
+KINDS_SETUP = """
+torch.manual_seed(0)
+disc = torch.nn.Sequential(torch.nn.Linear(64, 8), torch.nn.Tanh(), torch.nn.Linear(8, 1))
+gen = torch.nn.Sequential(torch.nn.Linear(4, 64), torch.nn.Sigmoid())
+sampler = lambda n: gen(torch.randn(n, 4)).detach()
+encoder, decoder = torch.nn.Linear(64, 4), torch.nn.Linear(2, 64)
+reg = torch.nn.Linear(64, 1)
+y_float = y.float()
+"""
+
+
+@pytest.mark.parametrize("line,family", [
+    ("fit disc X[:100] --kind gan --sampler sampler", nfk_nb.EnergyModel),
+    ("fit (encoder, decoder) X[:100] --kind vae", nfk_nb.VAE),
+    ("fit reg X[:100] --kind regression --labels y_float[:100] --sigma 2", nfk_nb.Regressor),
+    ("fit nfk.Classifier(net, score='predicted') X[:100]", nfk_nb.Classifier),
+])
+def test_model_kinds(shell, line, family):
+    shell.run_cell(KINDS_SETUP).raise_error()
+    est = nfk(shell, f"{line} --rank 2 --power-iters 0 --oversample 2")
+    assert type(est.lik) is family and est.embedding_.shape == (100, 2)
+    assert torch.isfinite(est.embedding_).all()
+    if family is nfk_nb.Regressor:
+        assert est.lik.sigma == 2.0
+
+
 def test_embed(shell, est):
     E = nfk(shell, "embed est Xt -o E_test")
     assert E.shape == (60, 4) and shell.user_ns["E_test"] is E

@@ -11,7 +11,7 @@ from torch import nn
 
 import nfk_nb as nfk
 from nfk_nb.errors import NFKError, NFKTypeError
-from nfk_nb.functional import LogProbOperator
+from nfk_nb.products import FisherVectorProducts
 
 
 def mlp(d: int = 4, c: int = 3, seed: int = 0) -> nn.Module:
@@ -52,6 +52,12 @@ CASES = [
         torch.utils.data.TensorDataset(with_value(X, 13, float("-inf"))), batch_size=5)),
      NFKError, ["NaN or infinite", "example 13"]),
     ("empty", lambda: est().fit(torch.empty(0, 4)), NFKError, ["data are empty"]),
+    ("empty (X, y)", lambda: est().fit((torch.empty(0, 4), torch.empty(0))), NFKError, ["data are empty"]),
+    ("empty loader", lambda: est().fit(torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(torch.empty(0, 4)))), NFKError, ["data are empty"]),
+    ("zero features", lambda: est().fit(torch.empty(20, 0)), NFKError,
+     ["cannot take inputs of shape (batch, 0)", "(batch, 4)"]),
+    ("X, y lengths", lambda: est().fit(X, Y[:10]), NFKError, ["different lengths", "20 inputs, 10 targets"]),
     ("wrong width", lambda: est().fit(torch.randn(20, 5)), NFKError,
      ["cannot take inputs of shape (batch, 5)", "'0' (Linear) expects 4 features", "(batch, 4)"]),
     ("wrong ndim", lambda: est().fit(torch.randn(20, 2, 3)), NFKError,
@@ -113,9 +119,37 @@ def test_bad_input_message(call, exc, words):
 
 def one_sentence(message: str) -> bool:
     """Ends with a full stop and has no other sentence break (quoted model errors and e.g. aside)."""
-    own = re.sub(r"\(the model said: .*\)", "", message)
+    own = re.sub(r"\((the model|torch) said: .*\)", "", message)
     own = own.replace("e.g.", "eg").replace("i.e.", "ie")
     return message.endswith(".") and ". " not in own
+
+
+class _Branchy(nn.Module):
+    """Branches on a tensor value in forward: fine in eager mode, impossible under vmap."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+
+    def forward(self, x):
+        out = self.lin(x)
+        return out if out.sum() > 0 else -out
+
+
+class _Item(_Branchy):
+    def forward(self, x):
+        return self.lin(x) * float(x.abs().max().item())
+
+
+@pytest.mark.parametrize("module", [_Branchy, _Item])
+def test_models_torch_func_cannot_handle_get_one_sentence(module):
+    for call in (lambda: est(nfk.Classifier(module())).fit(X),
+                 lambda: nfk.fisher_vectors(nfk.Classifier(module()), X)):
+        with pytest.raises(NFKError) as info:
+            call()
+        msg = str(info.value)
+        assert "torch.func cannot differentiate it per example" in msg and ".item()" in msg
+        assert one_sentence(msg), msg
 
 
 def test_transform_checks_shape_and_values():
@@ -158,31 +192,27 @@ def test_nonfinite_score_names_parameter_and_example(fisher):
 
 def test_nonfinite_sketch_pass_is_caught(monkeypatch):
     """A product that overflows inside a sketch pass (scores were finite) is refused, naming the example."""
-    real = LogProbOperator.jvp
-    calls = {"n": 0}
+    real = FisherVectorProducts.matvec
 
-    def jvp(self, batch, tangents):
-        out = real(self, batch, tangents)
-        calls["n"] += 1
-        if calls["n"] == 2:  # second batch of the first sketch pass
-            out = out.clone()
-            out[1, 0] = float("nan")
+    def matvec(self, U):
+        out = real(self, U).clone()
+        out[6, 0] = float("nan")
         return out
 
-    monkeypatch.setattr(LogProbOperator, "jvp", jvp)
+    monkeypatch.setattr(FisherVectorProducts, "matvec", matvec)
     with pytest.raises(NFKError, match=r"sketch product V Uᵀ of example 6 is not finite"):
         est(batch_size=5).fit(X)
 
 
 def test_nonfinite_rmatvec_names_parameter(monkeypatch):
-    real = LogProbOperator.vjp
+    real = FisherVectorProducts.rmatvec
 
-    def vjp(self, batch, cot):
-        out = real(self, batch, cot).clone()
+    def rmatvec(self, A):
+        out = real(self, A).clone()
         out[:, -1] = float("inf")  # last column = last bias
         return out
 
-    monkeypatch.setattr(LogProbOperator, "vjp", vjp)
+    monkeypatch.setattr(FisherVectorProducts, "rmatvec", rmatvec)
     with pytest.raises(NFKError, match=r"not finite in parameter '2.bias'"):
         est().fit(X)
 

@@ -65,7 +65,9 @@ def test_file_is_safetensors_with_json_metadata(saved):
     assert meta["format"] == "nfk_nb.lowrank" and meta["format_version"] == serialization.FORMAT_VERSION
     assert meta["package_version"] == nfk.__version__
     assert meta["params"]["rank"] == 4 and meta["likelihood"]["score"] == "joint"
-    assert meta["fingerprint"] == [["0.weight", [8, 5]], ["0.bias", [8]], ["2.weight", [3, 8]], ["2.bias", [3]]]
+    assert meta["fingerprint"] == [
+        ["0.weight", [8, 5]], ["0.bias", [8]], ["2.weight", [3, 8]], ["2.bias", [3]]
+    ]
     assert len(meta["checksum"]) == 64 and len(meta["meta_checksum"]) == 64
     assert set(head) - {"__metadata__"} == {"components", "singular_values", "explained_variance_ratio",
                                             "fisher_mean", "fisher_diag", "embedding"}
@@ -111,7 +113,8 @@ def test_other_model_is_refused(saved):
 
 def test_other_likelihood_is_refused(saved):
     net, _, path = saved
-    with pytest.raises(NFKError, match="saved for another likelihood .*score='joint'.*not.*score='predicted'"):
+    words = "saved for another likelihood .*score='joint'.*not.*score='predicted'"
+    with pytest.raises(NFKError, match=words):
         nfk.LowRankNFK.load(path, nfk.Classifier(net, score="predicted"))
 
 

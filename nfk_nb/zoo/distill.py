@@ -78,7 +78,9 @@ def _check_inputs(
     if mode not in MODES:
         raise NFKError(f"mode={mode!r} is not one of {', '.join(repr(m) for m in MODES)}.")
     if not isinstance(student, nn.Sequential) and "nfk" in mode:
-        raise NFKTypeError("mode='nfk' needs an nn.Sequential student (its penultimate layer feeds the head).")
+        raise NFKTypeError(
+            "mode='nfk' needs an nn.Sequential student (its penultimate layer feeds the head)."
+        )
     if len(y) != len(X):
         raise NFKError(f"X has {len(X)} rows but y has {len(y)}.")
     if len(labelled) == 0:
@@ -187,7 +189,7 @@ def train_student(
             opt.zero_grad()
             loss.backward()
             opt.step()
-            total += float(loss)
+            total += loss.item()
         losses.append(total / steps)
     student.eval()
     if head is not None:

@@ -1,0 +1,72 @@
+"""notebooks/01_quickstart.ipynb under papermill, and papermill failing on a failing %nfk cell.
+
+Bounds come from runs at these small parameters over seeds 0, 1, 2 (see the lead's report for the
+numbers); each leaves a margin below the lowest value measured.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nbformat
+import papermill as pm
+import pytest
+
+from tests.nbrun import KERNEL, NOTEBOOKS, run_notebook
+
+pytestmark = pytest.mark.notebook
+
+NAME = "01_quickstart.ipynb"
+SMALL = {"epochs": 10, "hidden": 16, "rank": 8, "power_iters": 1, "n_train": 300, "n_explore": 100}
+
+
+def test_quickstart_is_committed_clean_and_parameterised():
+    nb = json.loads((NOTEBOOKS / NAME).read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    source = "".join(tagged[0]["source"])
+    for name in (*SMALL, "seed", "device"):
+        assert f"{name} =" in source
+    assert any("%nfk fit" in "".join(c["source"]) for c in code)
+
+
+@pytest.mark.timeout(180)
+def test_quickstart_runs_with_small_parameters(tmp_path):
+    rec = run_notebook(NAME, tmp_path, {**SMALL, "seed": 1}, timeout=120)
+    assert rec["rank"] == SMALL["rank"]
+    assert rec["n_params"] == 64 * 16 + 16 + 16 * 10 + 10
+    assert 0.40 < rec["explained_variance"] < 0.75  # measured 0.52-0.58
+    assert rec["fit_time_s"] > 0
+    # the NFK of a barely trained MLP already separates the classes linearly
+    assert rec["nfk_probe_test_accuracy"] > 0.70
+    assert rec["nfk_probe_train_cv_accuracy"] > 0.70
+    assert rec["nfk_knn_test_accuracy"] > 0.70
+    assert rec["mlp_test_accuracy"] > 0.25
+    assert rec["penultimate_probe_test_accuracy"] > 0.70
+    assert 0.0 <= rec["explorer_label_agreement_first_point"] <= 1.0
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_nfk_cell_fails_the_papermill_run(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("%load_ext nfk_nb"),
+        nbformat.v4.new_code_cell("%nfk fit no_such_model no_such_data"),
+        nbformat.v4.new_code_cell("reached = True"),
+    ]
+    src, out = tmp_path / "failing.ipynb", tmp_path / "failing_out.ipynb"
+    nbformat.write(nb, src)
+    with pytest.raises(pm.PapermillExecutionError) as info:
+        pm.execute_notebook(str(src), str(out), kernel_name=KERNEL, progress_bar=False,
+                            execution_timeout=60)
+    assert info.value.exec_count == 2
+    executed = nbformat.read(out, as_version=4)
+    failing = next(c for c in executed.cells if "no_such_model" in c.source)
+    stderr = "".join(o.get("text", "") for o in failing.outputs)
+    # IPython shows a UsageError as one line on stderr, not as a traceback
+    assert "UsageError: MODEL 'no_such_model' is not defined" in stderr and "Traceback" not in stderr
+    assert failing.metadata.papermill.status == "failed"
+    after = next(c for c in executed.cells if "reached" in c.source)
+    assert after.get("execution_count") is None  # execution stopped at the failure
