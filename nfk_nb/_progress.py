@@ -8,6 +8,7 @@ Math modules must not import Jupyter packages at import time, so the notebook ba
 from __future__ import annotations
 
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,23 @@ def _in_kernel() -> bool:
         return False
     shell = ipython.get_ipython()
     return shell is not None and "IPKernelApp" in getattr(shell, "config", {})
+
+
+class _NotebookBar:
+    """A widget bar that prints one closing text line: saved reports (papermill) keep no widget
+    state, so without it an executed notebook would show the bar's initial "0%" forever."""
+
+    def __init__(self, bar: Any) -> None:
+        self._bar = bar
+        self._start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self._bar.update(n)
+
+    def close(self) -> None:
+        done, total = self._bar.n, self._bar.total
+        self._bar.close()
+        print(f"{self._bar.desc}: {done}/{total} example passes in {time.perf_counter() - self._start:.1f} s")
 
 
 def make_bar(total: int, desc: str, enabled: bool | Callable[..., Any]) -> Any:
@@ -33,7 +51,7 @@ def make_bar(total: int, desc: str, enabled: bool | Callable[..., Any]) -> Any:
             import ipywidgets  # noqa: F401
             from tqdm.notebook import tqdm
 
-            return tqdm(total=total, desc=desc)
+            return _NotebookBar(tqdm(total=total, desc=desc))
         except ImportError:
             pass
     from tqdm import tqdm

@@ -28,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
             mod = importlib.import_module(module)
         except ImportError:
             continue
-        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0])
+        p = sub.add_parser(name, help=(mod.__doc__ or "").strip().splitlines()[0].replace("%", "%%"))
         getattr(mod, add_args)(p)
     return parser
 

@@ -1,4 +1,7 @@
-"""IPython extension: the ``%nfk`` line magic and ``%%nfk`` cell magic.
+"""IPython extension: the nfk line and cell magics, and enabling them for every session.
+
+``%nfk`` is the line magic, ``%%nfk`` the cell magic. (``nfk-nb --help`` shows the first line
+above through argparse, so it must not contain a percent sign.)
 
 Load it in a session with ``%load_ext nfk_nb`` (``%unload_ext nfk_nb`` removes it). To load it in
 every IPython session and Jupyter kernel, either run::

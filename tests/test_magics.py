@@ -382,6 +382,12 @@ def test_enable_extension_cli_creates_the_profile(tmp_path):
     assert extensions(tmp_path / "profile_fresh" / "ipython_config.py") == ["nfk_nb"]
 
 
+def test_cli_help_lists_enable_extension():
+    from nfk_nb.cli import build_parser
+
+    assert "enable-extension" in build_parser().format_help()
+
+
 def test_enabled_extension_loads_in_a_real_ipython(tmp_path):
     enable(tmp_path)
     code = "print('NFK', get_ipython().find_line_magic('nfk') is not None)"

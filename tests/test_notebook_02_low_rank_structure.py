@@ -7,6 +7,7 @@ notebook's own defaults were measured the same way (README results table).
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
 
@@ -22,26 +23,36 @@ PARAMS = dict(
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    return run_notebook("02_low_rank_structure.ipynb", tmp_path_factory.mktemp("nb02"), PARAMS, timeout=300)
+    # One PyTorch thread in the kernel: on a small shared CPU, two threads per process oversubscribe
+    # the cores and a run takes several times longer (measured 31 s vs 4 s for the same training).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+        return run_notebook("02_low_rank_structure.ipynb", tmp_path_factory.mktemp("nb02"), PARAMS,
+                            timeout=300)
 
 
 def test_training_concentrates_the_spectrum(records):
-    # trained - untrained top-16 trace fraction, seeds 0/1/2: MEASURED_TOP16
+    # top-16 trace fraction, trained - untrained, seeds 0/1/2 with PARAMS:
+    #   joint 0.169 / 0.156 / 0.183, label 0.134 / 0.146 / 0.160, regressor 0.190 / 0.170 / 0.174;
+    # effective rank trained vs untrained (joint): 7.0 vs 25.6, 9.8 vs 26.0, 6.8 vs 26.9
     for reading in ("", "_label", "_regressor"):
         trained = records[f"top16_trace_fraction{reading}_trained"]
         untrained = records[f"top16_trace_fraction{reading}_untrained"]
-        assert 0 < untrained < trained <= 1, reading
-    assert records["top16_trace_fraction_trained"] - records["top16_trace_fraction_untrained"] > 0.05
-    assert records["effective_rank_trained"] < records["effective_rank_untrained"]
+        assert 0 < untrained and trained <= 1, reading
+        assert trained - untrained > 0.07, reading
+    assert records["effective_rank_trained"] < 0.6 * records["effective_rank_untrained"]
 
 
 def test_low_rank_error_is_near_optimal_with_power_iterations(records):
-    # error / optimal at rank 8, seeds 0/1/2: q=0 MEASURED_Q0, q=2 MEASURED_Q2
+    # error / optimal error, seeds 0/1/2 with PARAMS: rank 8, q=0: 1.070 / 1.058 / 1.060;
+    # q=2: 1.0003 / 1.0001 / 1.0001; q=2, worst of ranks 4-16: 1.0012 / 1.0019 / 1.0015;
+    # largest relative error of the top-8 eigenvalues (S²) at q=2: 0.009 / 0.0015 / 0.0012.
+    # (At the notebook's defaults, rank 32: q=2 gives 1.010-1.014, q=0 1.22-1.24.)
     assert 1.0 <= records["lowrank_error_ratio_q2"] <= 1.1
     assert records["lowrank_error_ratio_q2_max_over_ranks"] <= 1.1
-    assert records["lowrank_error_ratio_q0"] > records["lowrank_error_ratio_q2"]
+    assert records["lowrank_error_ratio_q0"] > records["lowrank_error_ratio_q2"] + 0.02
     assert records["lowrank_relative_error_rank8_q2"] >= records["optimal_relative_error_rank8"]
-    assert records["eigenvalue_rel_error_max_q2"] < 0.2
+    assert records["eigenvalue_rel_error_max_q2"] < 0.05
 
 
 def test_cost_study_recorded(records):
