@@ -77,15 +77,22 @@ class TorchDistributedReducer(Reducer):
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
         backend = str(dist.get_backend(group)).lower()
-        # NCCL only moves CUDA tensors, gloo is used here for CPU tensors
-        if "nccl" in backend:
+        # NCCL only moves CUDA tensors and gloo is used here for CPU ones; a mixed group
+        # ("cpu:gloo,cuda:nccl") takes tensors where they are
+        self.comm_device: torch.device | None
+        if "nccl" in backend and "gloo" in backend:
+            self.comm_device = None
+        elif "nccl" in backend:
             self.comm_device = torch.device("cuda", torch.cuda.current_device())
         else:
             self.comm_device = torch.device("cpu")
 
+    def _device(self, t: Tensor) -> torch.device:
+        return t.device if self.comm_device is None else self.comm_device
+
     def _to_comm(self, t: Tensor) -> Tensor:
         # a private, contiguous copy: collectives work in place and must not alter the caller's tensor
-        return t.detach().to(self.comm_device, copy=True).contiguous()
+        return t.detach().to(self._device(t), copy=True).contiguous()
 
     def sum(self, t: Tensor) -> Tensor:
         """All-reduce (SUM) ``t``; returns a new tensor on ``t``'s device."""
@@ -95,18 +102,18 @@ class TorchDistributedReducer(Reducer):
         COMM_STATS["collectives"] += 1
         return buf.to(t.device)
 
-    def _sizes(self, n: int) -> list[int]:
-        mine = torch.tensor([n], dtype=torch.int64, device=self.comm_device)
+    def _sizes(self, n: int, like: Tensor) -> list[int]:
+        mine = torch.tensor([n], dtype=torch.int64, device=self._device(like))
         sizes = [torch.zeros_like(mine) for _ in range(self.world_size)]
         self._dist.all_gather(sizes, mine, group=self.group)
         return [int(s.item()) for s in sizes]
 
     def gather_rows(self, t: Tensor) -> Tensor:
         """All-gather row blocks of uneven sizes: pad to the largest, gather, trim, concatenate."""
-        sizes = self._sizes(len(t))
+        sizes = self._sizes(len(t), t)
         biggest = max(sizes)
-        buf = torch.zeros((biggest, *t.shape[1:]), dtype=t.dtype, device=self.comm_device)
-        buf[: len(t)] = t.detach().to(self.comm_device)
+        buf = torch.zeros((biggest, *t.shape[1:]), dtype=t.dtype, device=self._device(t))
+        buf[: len(t)] = t.detach().to(buf.device)
         parts = [torch.empty_like(buf) for _ in range(self.world_size)]
         self._dist.all_gather(parts, buf, group=self.group)
         COMM_STATS["gather"] += buf.numel() * self.world_size
@@ -115,7 +122,7 @@ class TorchDistributedReducer(Reducer):
 
     def local_rows(self, full: Tensor, n_local: int) -> Tensor:
         """Rows ``[offset, offset + n_local)`` of ``full``, offset = rows of the lower ranks."""
-        sizes = self._sizes(n_local)
+        sizes = self._sizes(n_local, full)
         start = sum(sizes[: self.rank])
         if sum(sizes) != len(full):
             raise RuntimeError(
