@@ -10,6 +10,10 @@ and ``LowRankNFK.fit(X_local)`` treats ``X_local`` as this process's shard:
   matrix (same seed) are the same on every rank: the fitted state is identical everywhere;
 * sampler draws (energy models) are made in full on every rank, each keeping a disjoint slice.
 
+``fit_transform`` returns this rank's rows; ``transform`` needs no other process; rank 0 can save.
+Checkpoints are per rank (``path.rank{r}``), and ranks that stopped at different stages start over
+together. :data:`COMM_STATS` counts the values each process moved.
+
 Every method of a reducer is a collective: all ranks call it, in the same order. Backends: gloo
 for CPU tensors, NCCL for CUDA (tensors are moved to the backend's device and back). Launchers live
 in ``nfk_nb.launch``.
