@@ -25,12 +25,13 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nfk_nb tests benchmarks
+	$(BIN)/nfk-nb strip --check notebooks/*.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks
 
 strip:
-	$(BIN)/python -m nfk_nb.records --strip notebooks/*.ipynb
+	$(BIN)/nfk-nb strip notebooks/*.ipynb
 
 clean:
 	rm -rf $(VENV) reports .pytest_cache

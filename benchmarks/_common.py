@@ -11,12 +11,14 @@ ratios in a table were measured under the same machine load. Reported per altern
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import os
 import platform
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -101,6 +103,20 @@ def measure(name: str, fn: Callable[[], Any], device: torch.device | None = None
     return Measured(name, wall, cpu, peak, out)
 
 
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--threads``: torch intra-op threads (default 1, see below)."""
+    parser.add_argument(
+        "--threads", type=int, default=1,
+        help="torch threads (default 1: on a shared, loaded machine two OpenMP threads were 5-10x "
+             "slower in wall time than one, so one thread gives the steadier figures)",
+    )
+
+
+def apply_common_arguments(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", category=UserWarning)
+
+
 def machine() -> str:
     """One line describing where the figures were measured."""
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
@@ -140,7 +156,7 @@ def exact_user_way(net: nn.Module, X: Tensor, rank: int, damping: float = DEFAUL
     """The exact NFK the way a user writes it today: G, Fisher normalisation, Gram, ``eigh``.
 
     Joint score with the data as reference set and relative damping, as ``nfk.Classifier(net)``.
-    Returns the kernel ``K``, its eigenvalues (descending) and the rank-k embedding ``U_k √λ_k``.
+    Returns the kernel ``K`` and the rank-k embedding ``U_k √λ_k``.
     """
     G = torch.cat(list(_user_grads(net, X, batch_size)()))
     G -= G.mean(0)
@@ -148,10 +164,10 @@ def exact_user_way(net: nn.Module, X: Tensor, rank: int, damping: float = DEFAUL
     G *= (diag + damping * diag.mean()).rsqrt()
     K = G @ G.T
     del G
-    evals, evecs = torch.linalg.eigh(K.double())
+    evals, evecs = torch.linalg.eigh(K)  # in K's dtype (float32), as a user would
     evals, evecs = evals.flip(0), evecs.flip(1)
     E = evecs[:, :rank] * evals[:rank].clamp_min(0).sqrt()
-    return {"K": K, "evals": evals, "E": E}
+    return {"K": K, "E": E}
 
 
 def jl_sketch_way(net: nn.Module, X: Tensor, rank: int, dim: int, damping: float = DEFAULT_DAMPING,
@@ -173,7 +189,7 @@ def jl_sketch_way(net: nn.Module, X: Tensor, rank: int, dim: int, damping: float
     gen = torch.Generator().manual_seed(seed)
     R = torch.randn(len(mean), dim, generator=gen) / math.sqrt(dim)
     sketch = torch.cat([((g - mean) * scale) @ R for g in batches()])
-    U, S, _ = torch.linalg.svd(sketch.double(), full_matrices=False)
+    U, S, _ = torch.linalg.svd(sketch, full_matrices=False)
     return U[:, :rank] * S[:rank]
 
 
@@ -195,14 +211,17 @@ def optimal_error(evals: Tensor, rank: int) -> float:
 
 
 def forward_seconds(net: nn.Module, X: Tensor, batch_size: int = 256, repeats: int = 5) -> float:
-    """Median wall time of one plain (no-grad) forward pass over ``X`` in batches."""
+    """Median CPU time of one plain (no-grad) forward pass over ``X`` in batches.
+
+    CPU time, like the fits it is compared with: on a loaded machine wall times swing several-fold.
+    """
     times = []
     with torch.no_grad():
         for _ in range(repeats + 1):
-            t0 = time.perf_counter()
+            t0 = time.process_time()
             for start in range(0, len(X), batch_size):
                 net(X[start : start + batch_size])
-            times.append(time.perf_counter() - t0)
+            times.append(time.process_time() - t0)
     times = sorted(times[1:])
     return times[len(times) // 2]
 

@@ -7,9 +7,8 @@ way's wall time and at most 1.05× the optimal rank-32 kernel error).
 from __future__ import annotations
 
 import argparse
-import warnings
 
-from ._common import digits_inputs, trained_mlp
+from ._common import add_common_arguments, apply_common_arguments, digits_inputs, trained_mlp
 from ._compare import compare
 
 
@@ -17,8 +16,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=256)
+    add_common_arguments(parser)
     args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=UserWarning)
+    apply_common_arguments(args)
     X, y = digits_inputs()
     net = trained_mlp([64, 256, 256, 10], X[:1200], y[:1200])
     return compare(

@@ -8,7 +8,7 @@ seed and, for each damping setting, fits ``LowRankNFK(EnergyModel(disc, sampler)
 * the linear-probe test accuracy of the rank-k embedding (k = 16 by default), and
 * the fraction of ``trace(K)`` held by the top k components (close to 1: a few directions dominate).
 
-Settings: relative damping ``λ`` in ``I + λ·mean(I)`` for λ in {0, 1e-4, 1e-3, 1e-2, 1e-1}; an
+Settings: relative damping ``λ`` in ``I + λ·mean(I)`` for λ in {0, 1e-4, 1e-3, 1e-2, 1e-1, 1}; an
 "absolute 1e-6" setting that mimics AFV's ``√I + 1e-6`` (``λ = (1e-6)² / mean(I)``, i.e. ``I + 1e-12``,
 since ``√(I + ε²) ≈ max(√I, ε)``); and ``fisher="identity"`` (the plain gradient kernel). With
 ``--classifier`` the same is done for the zoo MLP classifier (``Classifier(net, score="joint")``).
@@ -37,7 +37,7 @@ from nfk_nb.likelihoods import Likelihood
 from nfk_nb.zoo import classifier as zc
 from nfk_nb.zoo.gan import penultimate, train_gan
 
-RELATIVE = (0.0, 1e-4, 1e-3, 1e-2, 1e-1)
+RELATIVE = (0.0, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 ABS_EPS = 1e-6
 
 

@@ -1,6 +1,6 @@
-"""Run tutorial notebooks as reports (papermill + an HTML copy) and strip notebooks of outputs.
+"""Tutorial notebooks: run them as reports (papermill + an HTML copy), or strip their outputs.
 
-* ``nfk-nb run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--timeout S] [--kernel NAME]``
+* ``nfk-nb run NOTEBOOK [-p NAME VALUE ...] [--out DIR] [--timeout S] [--kernel NAME] [--threads N]``
 * ``nfk-nb run --all``  – every ``notebooks/NN_*.ipynb`` in order, wall time per notebook
 * ``nfk-nb strip NOTEBOOK ... [--check]``  – remove outputs and execution counts
 
@@ -26,6 +26,7 @@ from .records import read_records
 DEFAULT_KERNEL = "nfk_nb"
 DEFAULT_TIMEOUT = 600
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
+THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass
@@ -92,6 +93,7 @@ def run_notebook(
     timeout: int | None = DEFAULT_TIMEOUT,
     html: bool = True,
     raise_on_error: bool = True,
+    threads: int | None = None,
 ) -> RunResult:
     """Execute a notebook with papermill into ``out_dir`` and write an HTML report beside it.
 
@@ -112,6 +114,9 @@ def run_notebook(
     raise_on_error : bool
         Re-raise papermill's error when a cell fails (after writing the report); otherwise return
         a result whose ``error`` says what failed.
+    threads : int, optional
+        CPU threads of the kernel's PyTorch/BLAS (``OMP_NUM_THREADS``/``MKL_NUM_THREADS``); default:
+        the environment's. On a small shared CPU, 1 avoids oversubscription (often several times faster).
 
     Returns
     -------
@@ -129,6 +134,11 @@ def run_notebook(
     result = RunResult(source=src, notebook=dest, html=None)
     start = time.perf_counter()
     failure: BaseException | None = None
+    saved = {k: os.environ.get(k) for k in THREAD_VARS}
+    if threads is not None:
+        if threads < 1:
+            raise NFKError(f"threads must be at least 1, got {threads}.")
+        os.environ.update({k: str(threads) for k in THREAD_VARS})  # the kernel inherits them
     try:
         pm.execute_notebook(
             str(src), str(dest), parameters=parameters or {}, kernel_name=pick_kernel(kernel_name),
@@ -137,6 +147,12 @@ def run_notebook(
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised or reported
         failure = exc
         result.error = f"{type(exc).__name__}: {_first_line(exc)}"
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     result.seconds = time.perf_counter() - start
     if dest.is_file():
         result.records = read_records(dest)
@@ -209,6 +225,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"per-cell timeout in seconds (default: {DEFAULT_TIMEOUT})")
     parser.add_argument("--kernel", default=None,
                         help="Jupyter kernel (default: nfk_nb if installed, else python3)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads per kernel (sets OMP_NUM_THREADS; 1 is fastest on a busy CPU)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
 
 
@@ -230,7 +248,7 @@ def run_command(args: argparse.Namespace) -> int:
     for path in paths:
         try:
             res = run_notebook(path, args.out, params, kernel_name=args.kernel, timeout=args.timeout,
-                               html=not args.no_html, raise_on_error=False)
+                               html=not args.no_html, raise_on_error=False, threads=args.threads)
         except NFKError as exc:
             print(f"FAIL  {path}: {exc}", flush=True)
             failed += 1

@@ -129,3 +129,10 @@ def test_import_scanner_sees_imports_inside_cells_with_magics(tmp_path):
     found = notebook_imports(p)
     assert found == {"numpy", "os", "sklearn", "scipy"}
     assert {distribution(m) for m in found} == {"numpy", None, "scikit-learn", "scipy"}
+
+
+def test_post_build_commands_exist():
+    from nfk_nb.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert {"enable-extension", "run"} <= set(sub.choices)

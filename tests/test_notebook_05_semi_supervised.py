@@ -1,0 +1,54 @@
+"""notebooks/05_semi_supervised.ipynb under papermill with small parameters.
+
+Bounds come from runs at SMALL with model seeds 0, 1, 2 (3 labelled draws each, 5 labels per class);
+measured values are in the comments and each bound leaves a margin below the lowest one. They state
+what holds at this scale:
+
+* the GAN discriminator's NFK embedding beats the discriminator's own features (the paper's claim);
+* it is roughly on par with raw pixels, not better (the paper's claim fails here): only "not far
+  behind" is asserted;
+* the mean-code VAE score gives a far better NFK than the one-sample ELBO (Monte-Carlo noise).
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.nbrun import NOTEBOOKS, run_notebook
+
+pytestmark = pytest.mark.notebook
+
+NAME = "05_semi_supervised.ipynb"
+SMALL = {"vae_epochs": 30, "gan_epochs": 60, "n_draws": 3, "labels_per_class": [5], "rank": 16,
+         "n_samples": 512}
+
+
+def test_semi_supervised_is_committed_clean_and_parameterised():
+    nb = json.loads((NOTEBOOKS / NAME).read_text(encoding="utf-8"))
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1
+    source = "".join(tagged[0]["source"])
+    for name in (*SMALL, "seed", "device"):
+        assert f"{name} =" in source
+
+
+@pytest.mark.timeout(180)
+def test_semi_supervised_runs_with_small_parameters(tmp_path):
+    rec = run_notebook(NAME, tmp_path, {**SMALL, "seed": 1}, timeout=150)
+    # raw pixels need no model: 0.869 (logistic) and 0.952 (spreading) at every seed
+    assert rec["logistic_pixels_5_mean"] > 0.8
+    assert rec["spreading_pixels_5_mean"] > 0.9
+    # GAN NFK (identity) beats the discriminator's penultimate features:
+    # logistic +0.074 to +0.088, label spreading +0.069 to +0.126
+    assert rec["logistic_gan_nfk_minus_penultimate_5"] > 0.03
+    assert rec["spreading_gan_nfk_minus_penultimate_5"] > 0.03
+    # ... but does not beat the raw pixels: logistic -0.024 to -0.007, spreading -0.062 to -0.052
+    assert rec["logistic_gan_nfk_minus_pixels_5"] > -0.05
+    assert rec["spreading_gan_nfk_minus_pixels_5"] > -0.10
+    # the mean-code VAE NFK (0.800-0.821) is far better than the one-sample ELBO NFK (0.458-0.623)
+    assert rec["logistic_vae_nfk_meancode_5_mean"] > 0.7
+    assert rec["logistic_vae_nfk_meancode_5_mean"] > rec["logistic_vae_nfk_elbo_5_mean"] + 0.1
