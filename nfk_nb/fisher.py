@@ -28,7 +28,12 @@ from .functional import LogProbOperator
 from .likelihoods import Batch
 
 FISHER_KINDS = ("diagonal", "identity")
-DEFAULT_DAMPING = 1e-3
+# Relative damping λ in I + λ·mean(I). Measured (benchmarks/damping_study.py; GAN discriminator on
+# digits, rank-16 linear probe, 3 seeds): 0 -> 0.248, 1e-4 -> 0.850, 1e-3 -> 0.903, 1e-2 -> 0.929
+# (smallest spread, ±0.001), 1e-1 -> 0.942, identity -> 0.950; the MLP classifier scores 0.968 at
+# every setting. 1e-2 keeps Fisher weighting for every coordinate with at least 1% of the mean
+# information while no longer letting near-zero-information coordinates dominate.
+DEFAULT_DAMPING = 1e-2
 
 
 def check_fisher(kind: str, damping: float) -> None:

@@ -332,7 +332,10 @@ class VAE(Likelihood):
     decoder : nn.Module
         Maps ``z`` to Bernoulli logits or Gaussian means, with as many values per example as ``x``.
     n_mc : int
-        Monte-Carlo samples per example.
+        Monte-Carlo samples per example. ``n_mc=0`` scores the noise-free "mean-code" ELBO,
+        ``log p(x | z = μ(x)) - KL``: measured on digits (notebook 04, rank 64, 3 seeds) its NFK
+        probe scores 0.960 ± 0.003 against 0.645 ± 0.023 with one sample, whose fixed noise
+        dominates each example's gradient (eight samples: 0.84 at 8× the cost).
     likelihood : {"bernoulli", "gaussian"}
         Decoder likelihood; Bernoulli expects ``x`` in [0, 1].
     sigma : float
@@ -358,8 +361,8 @@ class VAE(Likelihood):
     ) -> None:
         if likelihood not in ("bernoulli", "gaussian"):
             raise NFKError(f"likelihood={likelihood!r} is not one of 'bernoulli', 'gaussian'.")
-        if int(n_mc) < 1:
-            raise NFKError(f"n_mc must be at least 1, got {n_mc}.")
+        if int(n_mc) < 0:
+            raise NFKError(f"n_mc must be 0 (score at the mean code) or more, got {n_mc}.")
         super().__init__(None, _EncoderDecoder(encoder, decoder), params=params, partition="none")
         self.encoder, self.decoder = encoder, decoder
         self.n_mc, self.likelihood, self.sigma, self.seed = int(n_mc), likelihood, float(sigma), seed
@@ -382,6 +385,9 @@ class VAE(Likelihood):
     def prepare(self, batch: Batch) -> Batch:
         x = batch[0]
         d = self.latent_dim(x)
+        dtype = x.dtype if x.is_floating_point() else torch.float32
+        if self.n_mc == 0:  # the mean code: one "sample" with ε = 0
+            return (x, torch.zeros(len(x), 1, d, dtype=dtype, device=x.device))
         flat = x.detach().to("cpu", torch.float32).reshape(len(x), -1).numpy()
         noise = torch.empty(len(x), self.n_mc, d, dtype=torch.float64)
         gen = torch.Generator()
@@ -389,14 +395,14 @@ class VAE(Likelihood):
             digest = hashlib.blake2b(row.tobytes(), digest_size=8, key=str(self.seed).encode())
             gen.manual_seed(int.from_bytes(digest.digest(), "little") & (2**63 - 1))
             noise[i] = torch.randn(self.n_mc, d, generator=gen, dtype=torch.float64)
-        return (x, noise.to(x.device, x.dtype if x.is_floating_point() else torch.float32))
+        return (x, noise.to(x.device, dtype))
 
     def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
         x, eps = batch[0], batch[-1]
         mu, logvar = self._split(model.encoder(x))
         z = mu.unsqueeze(1) + torch.exp(0.5 * logvar).unsqueeze(1) * eps  # (B, S, d)
         out = model.decoder(z.reshape(-1, z.shape[-1]))
-        out = out.reshape(x.shape[0], self.n_mc, -1)
+        out = out.reshape(x.shape[0], eps.shape[1], -1)
         target = x.reshape(x.shape[0], 1, -1).expand_as(out)
         if self.likelihood == "bernoulli":
             rec = -F.binary_cross_entropy_with_logits(out, target, reduction="none").sum(-1)

@@ -250,3 +250,24 @@ def test_float32_model_gives_float32_scores_close_to_float64(data):
     assert K32.dtype == torch.float32
     assert rel(K32.double(), K64) < 1e-4
     assert math.isfinite(float(K32.sum()))
+
+
+def test_vae_mean_code_is_the_noise_free_elbo():
+    torch.manual_seed(4)
+    X = torch.rand(N, 6)
+    enc = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 4))
+    dec = nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 6))
+    lik = nfk.VAE(enc, dec, n_mc=0)
+    K = nfk.fisher_kernel(lik, X)
+
+    def elbo(i):
+        h = enc(X[i : i + 1])[0]
+        mu, logvar = h[:2], h[2:]
+        rec = -F.binary_cross_entropy_with_logits(dec(mu[None])[0], X[i], reduction="sum")
+        return rec - 0.5 * (mu**2 + logvar.exp() - 1 - logvar).sum()
+
+    G = oracle.per_example_grads(lik.model, lik.param_names, elbo, range(N))
+    V = oracle.fisher_vectors(G, G, False, "diagonal", DEFAULT_DAMPING)
+    assert rel(K, V @ V.T) < TOL
+    with pytest.raises(nfk.NFKError, match="n_mc must be 0"):
+        nfk.VAE(enc, dec, n_mc=-1)
