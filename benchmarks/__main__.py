@@ -1,9 +1,10 @@
 """``python -m benchmarks`` (``make bench``): the comparison tables, quick cases by default.
 
-Quick (default): digits MLP, small CNN, cost curves (three points each), the GPU script's CPU smoke
-run. ``--big`` adds the N=20,000 / P≈301k case (minutes) and the full cost curves; ``--gpu`` runs
-the full ResNet-18 benchmark (needs CUDA). ``--only NAME`` runs one of: digits, cnn, scaling, big,
-gpu. ``--threads`` is passed on (default 1; see ``benchmarks/README.md``).
+Quick (default): digits MLP, small CNN, cost curves (three points each), the profile of a fit, the
+GPU script's CPU smoke run. ``--big`` adds the N=20,000 / P≈301k case (minutes) and the full cost
+curves; ``--gpu`` runs the full ResNet-18 benchmark (needs CUDA). ``--only NAME`` runs one of:
+digits, cnn, scaling, profile, big, gpu. ``--threads`` is passed on (default 1; see
+``benchmarks/README.md``).
 """
 
 from __future__ import annotations
@@ -17,23 +18,24 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--big", action="store_true", help="also the N=20k case and full curves")
     parser.add_argument("--gpu", action="store_true", help="the full ResNet-18 run (CUDA)")
-    parser.add_argument("--only", choices=("digits", "cnn", "scaling", "big", "gpu"))
+    parser.add_argument("--only", choices=("digits", "cnn", "scaling", "profile", "big", "gpu"))
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
-    from . import big_mlp, compare_cnn, compare_digits, gpu_resnet, scaling
+    from . import big_mlp, compare_cnn, compare_digits, gpu_resnet, profile_fit, scaling
 
     threads = ["--threads", str(args.threads)]
     plan = {
         "digits": lambda: compare_digits.main(threads),
         "cnn": lambda: compare_cnn.main(threads),
         "scaling": lambda: scaling.main(threads + ([] if args.big else ["--quick"])),
+        "profile": lambda: profile_fit.main(threads),
         "big": lambda: big_mlp.main(threads),
         "gpu": lambda: gpu_resnet.main(threads + ([] if args.gpu else ["--smoke"])),
     }
     if args.only:
         names = [args.only]
     else:
-        names = ["digits", "cnn", "scaling"] + (["big"] if args.big else []) + ["gpu"]
+        names = ["digits", "cnn", "scaling", "profile"] + (["big"] if args.big else []) + ["gpu"]
     start = time.perf_counter()
     for name in names:
         plan[name]()

@@ -12,6 +12,7 @@ ratios in a table were measured under the same machine load. Reported per altern
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import math
 import os
@@ -41,11 +42,20 @@ def _status_kb(key: str) -> int:
     return 0
 
 
+def _trim() -> None:
+    """Hand freed heap memory back to the OS, so the next block's growth counts what it needs."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class _PeakRSS:
     """Peak resident-set growth over a block: ``VmHWM`` reset when possible, else polled."""
 
     def __enter__(self) -> _PeakRSS:
         gc.collect()
+        _trim()
         self.reset = False
         try:
             with open("/proc/self/clear_refs", "w") as f:

@@ -18,7 +18,13 @@ Two strategies compute ``jvp``/``vjp`` (same results to float tolerance; ``strat
   ``G Tᵀ`` / ``Aᵀ G``; cost ≈ one per-example-gradient pass, almost independent of k. It wins when
   per-example gradients are cheap next to 2k forwards: measured (1 thread, batch 256, k=42) on a
   small CNN (P=16k) 27 ms against 720 ms; on an MLP (P=85k) about even.
-* ``"auto"`` (default) times both on the first batch of each (product, k) and keeps the faster.
+* ``"auto"`` (default) decides from the model's arithmetic, never from a clock, so a seeded fit is
+  bit-for-bit the same in every process: with ``r`` = forward FLOPs per example / ``2P`` (how often
+  each weight is reused per example: ≈1 for an MLP, ≈H·W for a convolution, counted once with
+  ``FlopCounterMode``), "vmap" costs ≈ ``2k·r`` and "dense" ≈ ``3r + 2k`` units of ``2P`` FLOPs
+  (the factor 2 on the GEMM charges for writing the per-example gradients to memory), and the
+  cheaper is taken. The JVP also falls back to "dense" when forward-mode AD is not implemented for
+  an op of the model (e.g. fused attention kernels): "dense" needs reverse mode only.
 
 Examples never interact because the model runs in eval mode (see ``_modes.eval_mode``), so the JVP
 of the batched ``log p̃`` is the stack of per-example JVPs.
@@ -26,8 +32,7 @@ of the batched ``log p̃`` is the stack of per-example JVPs.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -138,6 +143,8 @@ class LogProbOperator:
         self.lik, self.device, self.dtype, self.chunk_size = lik, device, dtype, chunk_size
         self.strategy = strategy
         self.choices: dict[tuple[str, int], str] = {}  # "auto": (product, k) -> strategy kept
+        self._reuse: float | None = None
+        self._no_forward_ad = False
         self.module = _LogProbModule(lik)
         selected = set(lik.param_names)
         named = dict(lik.model.named_parameters())
@@ -259,33 +266,46 @@ class LogProbOperator:
             start += n
         return out
 
-    def _pick(self, kind: str, k: int, runs: dict[str, Callable[[], Tensor]]) -> Tensor:
-        """Run the chosen strategy; under "auto" time both once per (kind, k) and keep the faster."""
+    def weight_reuse(self, batch: Batch) -> float:
+        """Forward FLOPs of one example over ``2P``: how often each weight is used per example."""
+        if self._reuse is None:
+            from torch.utils.flop_counter import FlopCounterMode
+
+            example = tuple(t[:1] for t in batch)
+            counter = FlopCounterMode(display=False)
+            with counter, torch.no_grad():
+                self(self.theta, example)
+            self._reuse = counter.get_total_flops() / (2 * max(self.P, 1))
+        return self._reuse
+
+    def _strategy(self, kind: str, k: int, batch: Batch) -> str:
+        """The strategy for (kind, k): fixed, or under "auto" the cheaper by the FLOP model above."""
         if self.strategy != "auto":
-            return runs[self.strategy]()
+            return self.strategy
         chosen = self.choices.get((kind, k))
-        if chosen is not None:
-            return runs[chosen]()
-        cuda = self.device.type == "cuda"
-        clock = time.perf_counter if cuda else time.process_time  # CPU time: robust to other load
-        best = None
-        for name, run in runs.items():
-            t0 = clock()
-            out = run()
-            if cuda:
-                torch.cuda.synchronize(self.device)
-            spent = clock() - t0
-            if best is None or spent < best[0]:
-                best = (spent, name, out)
-        self.choices[(kind, k)] = best[1]
-        return best[2]
+        if chosen is None:
+            r = self.weight_reuse(batch)
+            chosen = "dense" if 3 * r + 2 * k < 2 * k * r else "vmap"
+            if kind == "jvp" and self._no_forward_ad:
+                chosen = "dense"
+            self.choices[(kind, k)] = chosen
+        return chosen
 
     def jvp(self, batch: Batch, tangents: Tensor) -> Tensor:
         """``G Tᵀ`` for tangents ``T`` of shape ``(k, P)``; returns ``(B, k)``."""
-        return self._pick("jvp", len(tangents), {
-            "vmap": lambda: self._jvp_vmap(batch, tangents),
-            "dense": lambda: self._jvp_dense(batch, tangents),
-        })
+        runs = {"vmap": self._jvp_vmap, "dense": self._jvp_dense}
+        name = self._strategy("jvp", len(tangents), batch)
+        if name == "vmap" and self.strategy == "auto":
+            try:
+                return self._jvp_vmap(batch, tangents)
+            except (NotImplementedError, RuntimeError) as exc:
+                if "forward" not in str(exc).lower():
+                    raise
+                # an op without a forward-mode rule: build the JVP from reverse mode from now on
+                self._no_forward_ad = True
+                self.choices = {key: v for key, v in self.choices.items() if key[0] != "jvp"}
+                name = "dense"
+        return runs[name](batch, tangents)
 
     def _jvp_dense(self, batch: Batch, tangents: Tensor) -> Tensor:
         tan = self._slices(tangents)
@@ -318,16 +338,9 @@ class LogProbOperator:
         def fresh() -> Tensor:
             return torch.zeros(k, self.P, dtype=self.dtype, device=self.device)
 
-        if self.strategy == "auto" and ("vjp", k) not in self.choices:
-            # timing both: each into its own buffer, so out receives the product once
-            result = self._pick("vjp", k, {
-                "vmap": lambda: self._vjp_vmap(batch, cotangents, fresh()),
-                "dense": lambda: self._vjp_dense(batch, cotangents, fresh()),
-            })
-            return result if out is None else out.add_(result)
-        strategy = self.choices[("vjp", k)] if self.strategy == "auto" else self.strategy
-        run = self._vjp_vmap if strategy == "vmap" else self._vjp_dense
-        return run(batch, cotangents, fresh() if out is None else out)
+        runs = {"vmap": self._vjp_vmap, "dense": self._vjp_dense}
+        name = self._strategy("vjp", k, batch)
+        return runs[name](batch, cotangents, fresh() if out is None else out)
 
     def _vjp_vmap(self, batch: Batch, cotangents: Tensor, out: Tensor) -> Tensor:
         _, pullback = vjp(lambda th: self(th, batch), self.theta)

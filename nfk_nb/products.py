@@ -93,16 +93,16 @@ class FisherVectorProducts:
         T = U.to(self.op.device, self.acc_dtype) * self.scale
         offset = T @ self.mean
         T = T.to(self.op.dtype)
-        rows, psi = [], []
-        total = None
+        dev, acc = self.op.device, self.acc_dtype
+        psi = [draw(0).to(dev, acc)]  # (0, m): a shard without examples still joins the sums
+        rows = [torch.zeros(0, len(U), dtype=acc, device=dev)]
+        total = torch.zeros(psi[0].shape[1], self.op.P, dtype=acc, device=dev)
         for batch in self.batches():
             b = len(batch[0])
             moved = self.op.to_batch(batch)  # loaded and moved once for both products
-            rows.append(self.op.jvp(moved, T).to(self.acc_dtype) - offset)
+            rows.append(self.op.jvp(moved, T).to(acc) - offset)
             self.tick(b)
-            a = draw(b).to(self.op.device, self.acc_dtype)
-            if total is None:
-                total = torch.zeros(a.shape[1], self.op.P, dtype=self.acc_dtype, device=self.op.device)
+            a = draw(b).to(dev, acc)
             self.op.vjp(moved, a.to(self.op.dtype), out=total)
             psi.append(a)
             self.tick(b)

@@ -142,7 +142,7 @@ def test_fisher_and_products_match_oracle(batch_size, strategy):
     torch.testing.assert_close(products.matvec(U), V @ U.T)
     torch.testing.assert_close(products.rmatvec(A), A.T @ V)
     draws = iter(torch.split(A, batch_size))
-    Y, W, Psi = products.sweep(U, lambda b: next(draws))
+    Y, W, Psi = products.sweep(U, lambda b: next(draws) if b else A[:0])
     torch.testing.assert_close(Psi, A)
     torch.testing.assert_close(Y, V @ U.T)
     torch.testing.assert_close(W, A.T @ V)
@@ -190,3 +190,60 @@ def test_sketch_option_is_checked():
     net, X, lik, op = setup(n=20)
     with pytest.raises(NFKError, match="sketch"):
         nfk.LowRankNFK(lik, rank=2, sketch="one_pass", progress=False).fit(X)
+
+
+class _NoForwardAD(torch.autograd.Function):
+    """tanh with a backward rule but no forward-mode rule, like fused attention kernels."""
+
+    generate_vmap_rule = True
+
+    @staticmethod
+    def forward(x):
+        return torch.tanh(x)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    def backward(ctx, g):
+        (y,) = ctx.saved_tensors
+        return g * (1 - y**2)
+
+
+class _NoForwardNet(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = torch.nn.Linear(5, 8), torch.nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(_NoForwardAD.apply(self.a(x)))
+
+
+def test_jvp_falls_back_to_reverse_mode_when_forward_ad_is_missing():
+    torch.manual_seed(0)
+    net = _NoForwardNet().double()
+    X = torch.randn(20, 5, dtype=torch.float64)
+    lik = nfk.Classifier(net)
+    op = LogProbOperator(lik, torch.device("cpu"), torch.float64)
+    with pytest.raises((NotImplementedError, RuntimeError), match="(?i)forward"):
+        LogProbOperator(lik, torch.device("cpu"), torch.float64, strategy="vmap").jvp(
+            (X,), torch.randn(2, op.P, dtype=torch.float64))
+    K = nfk.fisher_kernel(lik, X)
+    E = nfk.LowRankNFK(lik, rank=20, oversample=0, progress=False).fit_transform(X)
+    assert torch.allclose(E @ E.T, K, atol=1e-8 * float(K.abs().max()))
+
+
+def test_auto_strategy_follows_weight_reuse_not_the_clock():
+    torch.manual_seed(0)
+    mlp = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.ReLU(), torch.nn.Linear(32, 4)).double()
+    cnn = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3, padding=1), torch.nn.ReLU(), torch.nn.Flatten(),
+                              torch.nn.Linear(4 * 8 * 8, 4)).double()
+    X_mlp, X_cnn = torch.randn(9, 16).double(), torch.randn(9, 1, 8, 8).double()
+    op_mlp = LogProbOperator(nfk.Classifier(mlp), torch.device("cpu"), torch.float64)
+    op_cnn = LogProbOperator(nfk.Classifier(cnn), torch.device("cpu"), torch.float64)
+    op_mlp.jvp((X_mlp,), torch.randn(12, op_mlp.P).double())
+    op_cnn.jvp((X_cnn,), torch.randn(12, op_cnn.P).double())
+    assert op_mlp.weight_reuse((X_mlp,)) == pytest.approx(1.0, rel=0.1)
+    assert op_cnn.weight_reuse((X_cnn,)) > 2
+    assert op_mlp.choices[("jvp", 12)] == "vmap" and op_cnn.choices[("jvp", 12)] == "dense"
