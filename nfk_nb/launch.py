@@ -190,8 +190,11 @@ def _worker_main(
             blob = None
         report = {"rank": rank, "time": time.time(), "type": type(exc).__name__, "message": str(exc),
                   "traceback": traceback.format_exc(), "exc": blob}
-        with open(os.path.join(workdir, f"rank{rank}.err"), "wb") as f:
+        # written whole, then renamed: a worker stopped mid-write leaves no half report behind
+        tmp = os.path.join(workdir, f".rank{rank}.err")
+        with open(tmp, "wb") as f:
             pickle.dump(report, f)
+        os.replace(tmp, os.path.join(workdir, f"rank{rank}.err"))
     finally:
         with contextlib.suppress(Exception):
             if dist.is_initialized():
@@ -229,7 +232,7 @@ def _raise_worker_error(workdir: Path, procs: Sequence[Any], dead: list[tuple[in
     """
     reports = []
     for f in workdir.glob("rank*.err"):
-        with open(f, "rb") as fh:
+        with open(f, "rb") as fh, contextlib.suppress(EOFError, pickle.UnpicklingError):
             reports.append(pickle.load(fh))
     reports.sort(key=lambda rep: rep["time"])
     causes = [rep for rep in reports if not _is_peer_loss(rep)]
