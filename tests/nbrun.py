@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,3 +27,16 @@ def run_notebook(name: str, out_dir: Path, parameters: dict[str, Any] | None = N
         execution_timeout=timeout, progress_bar=False, cwd=str(NOTEBOOKS),
     )
     return read_records(out)
+
+
+def code_cells(name: str) -> list[dict[str, Any]]:
+    """The code cells of ``notebooks/<name>`` as committed."""
+    nb = json.loads((NOTEBOOKS / name).read_text(encoding="utf-8"))
+    return [c for c in nb["cells"] if c["cell_type"] == "code"]
+
+
+def parameters_source(name: str) -> str:
+    """Source of the single ``parameters``-tagged cell (asserts there is exactly one)."""
+    tagged = [c for c in code_cells(name) if "parameters" in c["metadata"].get("tags", [])]
+    assert len(tagged) == 1, f"{name} must have exactly one cell tagged 'parameters'"
+    return "".join(tagged[0]["source"])

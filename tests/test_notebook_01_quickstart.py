@@ -6,13 +6,11 @@ numbers); each leaves a margin below the lowest value measured.
 
 from __future__ import annotations
 
-import json
-
 import nbformat
 import papermill as pm
 import pytest
 
-from tests.nbrun import KERNEL, NOTEBOOKS, run_notebook
+from tests.nbrun import KERNEL, code_cells, parameters_source, run_notebook
 
 pytestmark = pytest.mark.notebook
 
@@ -21,12 +19,8 @@ SMALL = {"epochs": 10, "hidden": 16, "rank": 8, "power_iters": 1, "n_train": 300
 
 
 def test_quickstart_is_committed_clean_and_parameterised():
-    nb = json.loads((NOTEBOOKS / NAME).read_text(encoding="utf-8"))
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
-    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
-    assert len(tagged) == 1
-    source = "".join(tagged[0]["source"])
+    source = parameters_source(NAME)
+    code = code_cells(NAME)
     for name in (*SMALL, "seed", "device"):
         assert f"{name} =" in source
     assert any("%nfk fit" in "".join(c["source"]) for c in code)

@@ -12,11 +12,9 @@ what holds at this scale:
 
 from __future__ import annotations
 
-import json
-
 import pytest
 
-from tests.nbrun import NOTEBOOKS, run_notebook
+from tests.nbrun import parameters_source, run_notebook
 
 pytestmark = pytest.mark.notebook
 
@@ -26,12 +24,7 @@ SMALL = {"vae_epochs": 30, "gan_epochs": 60, "n_draws": 3, "labels_per_class": [
 
 
 def test_semi_supervised_is_committed_clean_and_parameterised():
-    nb = json.loads((NOTEBOOKS / NAME).read_text(encoding="utf-8"))
-    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
-    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
-    tagged = [c for c in code if "parameters" in c["metadata"].get("tags", [])]
-    assert len(tagged) == 1
-    source = "".join(tagged[0]["source"])
+    source = parameters_source(NAME)
     for name in (*SMALL, "seed", "device"):
         assert f"{name} =" in source
 
