@@ -5,3 +5,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 # one intra-op thread per process avoids oversubscription (measured: 5-epoch MLP training 4.1 s on
 # one thread vs 31 s on two under load). Kernels started by papermill inherit this.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture
+def float64_default():
+    """Oracle comparisons run in float64; the global default dtype is restored afterwards.
+
+    Modules that compare against the oracle use it for every test with
+    ``pytestmark = pytest.mark.usefixtures("float64_default")``.
+    """
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)

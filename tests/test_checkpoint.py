@@ -44,12 +44,7 @@ exec(BUILD, _ns)  # noqa: S102 - the same code runs in the subprocess
 build, estimator = _ns["build"], _ns["estimator"]
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class Crash(Exception):

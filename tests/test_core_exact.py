@@ -19,13 +19,7 @@ N, D, C = 24, 5, 3
 TOL = 1e-6
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    """Oracle comparisons run in float64; restore the global default afterwards."""
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def rel(a: torch.Tensor, b: torch.Tensor) -> float:

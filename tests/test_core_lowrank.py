@@ -12,13 +12,7 @@ from torch import nn
 import nfk_nb as nfk
 from nfk_nb.evaluate import optimal_rank_error
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def trained_classifier(n=120, d=8, c=4, seed=0):

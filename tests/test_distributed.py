@@ -24,12 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RANK = 3
 
 
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def small_problem(n=71, d=5, c=3, seed=0):

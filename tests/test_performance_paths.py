@@ -19,13 +19,7 @@ from nfk_nb.functional import MOMENT_CHUNK, LogProbOperator
 from nfk_nb.products import FisherVectorProducts
 from tests import oracle
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 class WithUnused(nn.Module):

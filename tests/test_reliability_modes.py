@@ -11,13 +11,7 @@ from torch import nn
 import nfk_nb as nfk
 import nfk_nb.lowrank as lowrank
 
-
-@pytest.fixture(autouse=True)
-def float64_default():
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    yield
-    torch.set_default_dtype(old)
+pytestmark = pytest.mark.usefixtures("float64_default")
 
 
 def bn_dropout_net(seed: int = 0) -> nn.Sequential:
