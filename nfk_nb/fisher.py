@@ -72,11 +72,9 @@ def _finite_or_raise(g: Tensor, op: LogProbOperator, first_index: int) -> None:
     bad = ~torch.isfinite(g)
     if bool(bad.any()):
         row, col = (int(i) for i in bad.nonzero()[0])
-        offsets = torch.tensor(op.space.numels).cumsum(0)
-        which = int((offsets <= col).sum())
         raise NFKError(
             f"The score of example {first_index + row} is not finite in parameter "
-            f"'{op.space.names[which]}'; check the model and the data for overflow."
+            f"'{op.space.name_at(col)}'; check the model and the data for overflow."
         )
 
 

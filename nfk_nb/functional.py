@@ -78,6 +78,15 @@ class ParamSpace:
             start += n
         return out
 
+    def name_at(self, column: int) -> str:
+        """The parameter tensor that flat coordinate ``column`` belongs to."""
+        end = 0
+        for name, n in zip(self.names, self.numels):
+            end += n
+            if column < end:
+                return name
+        raise IndexError(f"column {column} is outside θ (P = {self.size}).")
+
     def fingerprint(self) -> list[list]:
         return [[n, list(s)] for n, s in zip(self.names, self.shapes)]
 

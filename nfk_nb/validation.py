@@ -138,11 +138,6 @@ def _check_differentiable(op: LogProbOperator, prepared: tuple[Tensor, ...]) -> 
         ) from exc
 
 
-def _parameter_of(op: LogProbOperator, column: int) -> str:
-    offsets = torch.tensor(op.space.numels).cumsum(0)
-    return op.space.names[int((offsets <= column).sum())]
-
-
 def check_finite_rows(Y: Tensor, what: str, first_index: int = 0) -> None:
     """Refuse a non-finite ``(n, k)`` pass output, naming the first bad example."""
     bad = ~torch.isfinite(Y)
@@ -160,7 +155,7 @@ def check_finite_columns(Z: Tensor, op: LogProbOperator, what: str) -> None:
     if bool(bad.any()):
         col = int(bad.any(0).nonzero()[0])
         raise NFKError(
-            f"The {what} is not finite in parameter {_parameter_of(op, col)!r}; check the model and the "
+            f"The {what} is not finite in parameter {op.space.name_at(col)!r}; check the model and the "
             f"data for overflow (a float64 model, dtype=torch.float64, may help)."
         )
 
