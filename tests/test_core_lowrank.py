@@ -12,23 +12,9 @@ from torch import nn
 import nfk_nb as nfk
 from nfk_nb.evaluate import optimal_rank_error
 
+from .oracle import trained_classifier
+
 pytestmark = pytest.mark.usefixtures("float64_default")
-
-
-def trained_classifier(n=120, d=8, c=4, seed=0):
-    """A small classifier trained for a few steps, so its NFK has the decaying spectrum of real nets."""
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=g)
-    y = (X[:, :c] + 0.3 * torch.randn(n, c, generator=g)).argmax(1)
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), nn.Linear(16, c))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(100):
-        loss = nn.functional.cross_entropy(net(X), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net, X, y
 
 
 FAMILIES = ["joint", "label", "energy", "vae"]

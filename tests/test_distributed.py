@@ -20,6 +20,8 @@ from nfk_nb.distributed import Reducer, get_reducer, shard_bounds, shard_sizes
 from nfk_nb.launch import WorkerError, fit_workers, run_workers
 from nfk_nb.serialization import load_state
 
+from .oracle import trained_classifier
+
 ROOT = Path(__file__).resolve().parents[1]
 RANK = 3
 
@@ -29,18 +31,7 @@ pytestmark = pytest.mark.usefixtures("float64_default")
 
 def small_problem(n=71, d=5, c=3, seed=0):
     """A briefly trained classifier, so the spectrum decays like a real network's."""
-    g = torch.Generator().manual_seed(seed)
-    X = torch.randn(n, d, generator=g, dtype=torch.float64)
-    y = (X[:, :c] + 0.3 * torch.randn(n, c, generator=g, dtype=torch.float64)).argmax(1)
-    torch.manual_seed(seed)
-    net = nn.Sequential(nn.Linear(d, 8), nn.Tanh(), nn.Linear(8, c)).double()
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(30):
-        loss = nn.functional.cross_entropy(net(X), y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return net, X, y
+    return trained_classifier(n, d, c, hidden=8, steps=30, seed=seed)
 
 
 def likelihood(name, net, d):

@@ -170,9 +170,8 @@ def test_single_pass_is_exact_when_the_sketch_covers_the_data():
 def test_single_pass_error_is_sane(seed):
     # Measured (3 data sets × 5 seeds, rank 4 and 8, N=150): single pass 1.21–1.39× optimal,
     # power_iters=0 1.03–1.12×, power_iters=2 ≤ 1.005×. The bound leaves room for seeds, not bugs.
-    from tests.test_core_lowrank import trained_classifier
 
-    net, X, y = trained_classifier(n=150, seed=seed)
+    net, X, y = oracle.trained_classifier(n=150, seed=seed)
     lik = nfk.Classifier(net)
     ratio, est, E = kernel_ratio(lik, X, rank=8, seed=seed, sketch="single_pass")
     assert 1.0 - 1e-9 <= ratio <= 1.6
