@@ -119,7 +119,7 @@ class FitCheckpoint:
         info = meta.get("state")
         if not isinstance(info, dict):
             raise NFKError(f"The checkpoint {str(self.path)!r} has no fit state: it was altered.")
-        return tensors, info
+        return {k: v.clone() for k, v in tensors.items()}, info
 
     def save(self, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
         """Atomically replace the checkpoint with this state."""
