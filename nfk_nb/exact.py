@@ -18,6 +18,7 @@ from .datasource import DataSource, as_source
 from .errors import NFKError, NFKMemoryError
 from .fisher import DEFAULT_DAMPING, FisherEstimate, accumulation_dtype, estimate_fisher
 from .functional import LogProbOperator, default_device, model_dtype
+from .layerwise import make_operator
 from .likelihoods import Likelihood
 from .validation import check_source
 
@@ -51,7 +52,7 @@ def check_memory(n_elements: int, dtype: torch.dtype, device: torch.device, what
 def _setup(lik: Likelihood, device: Any, dtype: torch.dtype | None) -> LogProbOperator:
     if not isinstance(lik, Likelihood):
         raise NFKError(f"lik must be an nfk_nb likelihood, not {type(lik).__name__}.")
-    return LogProbOperator(lik, default_device(device), dtype or model_dtype(lik.model))
+    return make_operator(lik, default_device(device), dtype or model_dtype(lik.model))
 
 
 def _fisher(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: str,
@@ -66,8 +67,8 @@ def _fisher(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: st
 
 def _vectors(op: LogProbOperator, source: DataSource, est: FisherEstimate) -> Tensor:
     acc = accumulation_dtype(op.dtype)
-    scale, mean = est.scale.to(acc), est.mean.to(acc)
-    rows = [(op.per_example_grads(op.to_batch(b)).to(acc) - mean) * scale for b in source]
+    mean = est.mean.to(acc)
+    rows = [est.whiten_(op.per_example_grads(op.to_batch(b)).to(acc) - mean, op.space) for b in source]
     return torch.cat(rows)
 
 
@@ -136,6 +137,10 @@ def fisher_kernel(
         if Z is not None:
             check_source(op, other)
         est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
+        if getattr(op, "layers", None):  # layer-wise: no P-sized row per example where possible
+            from .gram import layerwise_kernel
+
+            return layerwise_kernel(op, source, None if Z is None else other, est).cpu()
         VX = _vectors(op, source, est)
         VZ = VX if Z is None else _vectors(op, other, est)
         return (VX @ VZ.T).cpu()

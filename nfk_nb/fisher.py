@@ -8,6 +8,8 @@ normalised families). On the reference set R (sampler draws or the fit data):
 * ``"diagonal"``: ``I^{-1/2} = (I_diag + damping · mean(I_diag))^{-1/2}``; a coordinate with zero
   damped information gets scale 0 (it carries nothing), never NaN.
 * ``"identity"``: ``I = 1`` (the plain gradient kernel).
+* ``"kfac"``: Kronecker factors ``A ⊗ G`` per ``nn.Linear`` / ``nn.Conv`` layer (``kfac.py``), the
+  damped diagonal for every other parameter.
 
 Damping is *relative* to the mean diagonal: with an absolute epsilon, coordinates that carry almost
 no information on the reference set dominate the kernel (DESIGN §2). Sums are over examples so that a
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -27,7 +30,7 @@ from .errors import NFKError
 from .functional import LogProbOperator
 from .likelihoods import Batch
 
-FISHER_KINDS = ("diagonal", "identity")
+FISHER_KINDS = ("diagonal", "identity", "kfac")
 # Relative damping λ in I + λ·mean(I). Measured (benchmarks/damping_study.py; GAN discriminator on
 # digits, rank-16 linear probe, 3 seeds): 0 -> 0.248, 1e-4 -> 0.850, 1e-3 -> 0.903, 1e-2 -> 0.929
 # (smallest spread, ±0.001), 1e-1 -> 0.942, identity -> 0.950; the MLP classifier scores 0.968 at
@@ -38,7 +41,7 @@ DEFAULT_DAMPING = 1e-2
 
 def check_fisher(kind: str, damping: float) -> None:
     if kind not in FISHER_KINDS:
-        raise NFKError(f"fisher={kind!r} is not one of 'diagonal', 'identity'.")
+        raise NFKError(f"fisher={kind!r} is not one of 'diagonal', 'identity', 'kfac'.")
     if not (float(damping) >= 0.0) or damping != damping:
         raise NFKError(f"damping must be a non-negative number, got {damping}.")
 
@@ -57,6 +60,18 @@ class FisherEstimate:
     n_reference: int
     kind: str = "diagonal"
     damping: float = DEFAULT_DAMPING
+    kron: Any = None  # kfac.KroneckerFactors for fisher="kfac"
+
+    def whiten_(self, M: Tensor, space: Any) -> Tensor:
+        """``M ← M I^{-1/2}`` in place for rows ``M`` (n, P) laid out as ``space``; returns ``M``.
+
+        The diagonal scaling, and for ``"kfac"`` the Kronecker factors on each layer's block.
+        """
+        blocks = None if self.kron is None else self.kron.blocks(M, space.names, space.numels)
+        M *= self.scale.to(M)
+        if blocks is not None:
+            self.kron.whiten_(M, space.names, space.numels, blocks)
+        return M
 
     @property
     def scale(self) -> Tensor:
@@ -139,4 +154,9 @@ def estimate_fisher(
         total, n = score_moment(op, reference(), None, 1, reducer, tick)
         mean = total / n
     sq, n = score_moment(op, reference(), mean if centered else None, 2, reducer, tick)
-    return FisherEstimate(mean, sq / n, n, kind, float(damping)), sq
+    kron = None
+    if kind == "kfac":
+        from .kfac import estimate_factors
+
+        kron = estimate_factors(op, reference, damping, reducer)
+    return FisherEstimate(mean, sq / n, n, kind, float(damping), kron), sq

@@ -42,6 +42,8 @@ from .fisher import (
     score_moment,
 )
 from .functional import LogProbOperator, default_device, model_dtype
+from .kfac import estimate_factors, factor_layout, factor_tensors, factors_from, fisher_trace
+from .layerwise import make_operator
 from .likelihoods import Batch, Likelihood
 from .products import FisherVectorProducts
 from .serialization import load_state, save_state
@@ -90,8 +92,9 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         The model family (``Classifier``, ``EnergyModel``, ``VAE``, ``Regressor``, ``Likelihood``).
     rank : int
         Embedding dimension k (at most ``min(N, P)``).
-    fisher : {"diagonal", "identity"}
-        Fisher information estimate (see ``nfk_nb.fisher``).
+    fisher : {"diagonal", "identity", "kfac"}
+        Fisher information estimate (see ``nfk_nb.fisher``; ``"kfac"``: Kronecker factors per
+        ``nn.Linear`` / ``nn.Conv`` layer, see ``nfk_nb.kfac``).
     damping : float
         Relative damping of the diagonal Fisher: ``I + damping · mean(I)``.
     power_iters : int
@@ -216,7 +219,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         if op is None:
             device = default_device(self.device)
             dtype = self.dtype or model_dtype(self.lik.model)
-            op = LogProbOperator(self.lik, device, dtype, self.chunk_size)
+            op = make_operator(self.lik, device, dtype, self.chunk_size)
             self._op = op
         return op
 
@@ -312,6 +315,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                 check_finite_rows(embedding, "embedding")
             finally:
                 bar.close()
+                getattr(op, "clear_cache", lambda: None)()
         if ckpt is not None:
             ckpt.remove()
         self.fisher_ = fisher
@@ -369,15 +373,17 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             fisher = FisherEstimate(tensors["fisher_mean"].to(op.device),
                                     tensors["fisher_diag"].to(op.device), int(info["n_reference"]),
                                     self.fisher, float(self.damping))
+            if self.fisher == "kfac":  # the factors are not checkpointed: recomputed, deterministic
+                fisher.kron = estimate_factors(op, reference, self.damping, reducer)
         else:
             fisher, sq = estimate_fisher(op, reference, centered=self.lik.centered, kind=self.fisher,
                                          damping=self.damping, reducer=reducer, tick=tick)
             if self.lik.reference != "sampler":  # the fit data are the reference set
-                trace = float((sq * fisher.scale.to(sq.dtype) ** 2).sum())
+                trace = fisher_trace(op, fisher, sq, reference(), reducer)
             self._save_stage(ckpt, fisher, trace)
         if trace is None:  # one more pass: ‖v(x)‖² summed over the fit data
             sq, _ = score_moment(op, iter(source), fisher.mean, 2, reducer, tick)
-            trace = float((sq * fisher.scale.to(sq.dtype) ** 2).sum())
+            trace = fisher_trace(op, fisher, sq, iter(source), reducer)
             self._save_stage(ckpt, fisher, trace)
         elif self.lik.reference == "sampler" and state is not None and "fisher_mean" in tensors:
             tick(source.n)  # the trace pass was finished before the crash
@@ -504,6 +510,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                 check_finite_rows(emb, "embedding")
             finally:
                 bar.close()
+                getattr(op, "clear_cache", lambda: None)()
         if self.whiten:
             emb = emb / self.singular_values_.to(emb)
         return emb.cpu()
@@ -527,6 +534,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             "fisher_mean": self.fisher_.mean,
             "fisher_diag": self.fisher_.diag,
             "embedding": self.embedding_,
+            **factor_tensors(self.fisher_.kron),
         }
         params = {k: _jsonable(v) for k, v in self.get_params().items() if k not in ("lik", "progress")}
         params["device"] = None if self.device is None else str(self.device)
@@ -538,7 +546,8 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             "fingerprint": op.space.fingerprint(),
             "weights": tensors_digest({**op.theta, **op.frozen}),
             "fisher": {"kind": self.fisher_.kind, "damping": self.fisher_.damping,
-                       "n_reference": self.fisher_.n_reference},
+                       "n_reference": self.fisher_.n_reference,
+                       "kfac_layers": factor_layout(self.fisher_.kron)},
             "fitted": {"n_samples_fit": self.n_samples_fit_, "n_params": self.n_params_,
                        "trace": self.trace_, "fit_time": self.fit_time_, "device": self.device_},
         }
@@ -620,7 +629,8 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                 raise NFKError(f"The saved {name} has shape {tuple(tensors[name].shape)}, not {shape}.")
         self.fisher_ = FisherEstimate(tensors["fisher_mean"], tensors["fisher_diag"],
                                       int(fisher["n_reference"]), str(fisher["kind"]),
-                                      float(fisher["damping"]))
+                                      float(fisher["damping"]),
+                                      factors_from(tensors, fisher.get("kfac_layers"), fisher["damping"]))
         self.components_ = tensors["components"]
         self.singular_values_ = tensors["singular_values"]
         self.explained_variance_ratio_ = tensors["explained_variance_ratio"]

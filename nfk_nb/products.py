@@ -1,6 +1,7 @@
 """The two matrix-free products with the N×P Fisher-vector matrix ``V = (G - 1 mᵀ) D``.
 
-``D = I^{-1/2}`` (a diagonal, see ``fisher.py``). Over a data source, batch by batch:
+``D = I^{-1/2}`` (a diagonal, or per layer a Kronecker product for ``"kfac"``; see ``fisher.py``).
+Over a data source, batch by batch:
 
 * ``V Uᵀ`` for directions ``U`` (k×P): JVPs along ``D u`` minus ``mᵀ D u``          -> (n_local, k)
 * ``Aᵀ V`` for weights ``A`` (n_local×k): VJPs of ``Σ a_i log p̃(x_i)`` minus
@@ -42,7 +43,7 @@ class FisherVectorProducts:
 
     def matvec(self, U: Tensor) -> Tensor:
         """``V Uᵀ`` for ``U`` of shape (k, P); returns (n_local, k)."""
-        T = U.to(self.op.device, self.acc_dtype) * self.scale
+        T = self.fisher.whiten_(U.to(self.op.device, self.acc_dtype, copy=True), self.op.space)
         offset = T @ self.mean  # (k,)  mᵀ D u for each direction
         T = T.to(self.op.dtype)
         rows = []
@@ -68,7 +69,7 @@ class FisherVectorProducts:
     def _finish_rows(self, total: Tensor, weight_sums: Tensor) -> Tensor:
         """``(Σ a_i g_i - (Σ a_i) m) ⊙ D``, summed over processes (in place on ``total``)."""
         total.addr_(weight_sums, self.mean, alpha=-1)
-        total *= self.scale
+        self.fisher.whiten_(total, self.op.space)
         return self.reducer.sum(total)
 
     def sweep(self, U: Tensor, draw: Callable[[int], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -90,7 +91,7 @@ class FisherVectorProducts:
         Psi : Tensor (n_local, m)
             The rows of ``Ψᵀ`` that were drawn (needed to solve for the core matrix).
         """
-        T = U.to(self.op.device, self.acc_dtype) * self.scale
+        T = self.fisher.whiten_(U.to(self.op.device, self.acc_dtype, copy=True), self.op.space)
         offset = T @ self.mean
         T = T.to(self.op.dtype)
         dev, acc = self.op.device, self.acc_dtype

@@ -73,7 +73,7 @@ CASES = [
     ("object array", lambda: est().fit(np.array([[1.0, "a"]] * 3, dtype=object)), NFKTypeError,
      ["NumPy dtype object", "numeric"]),
     ("not data", lambda: est().fit("data.csv"), NFKTypeError, ["must be a torch.Tensor", "not str"]),
-    ("fisher=", lambda: est(fisher="kfac").fit(X), NFKError, ["fisher='kfac'", "'diagonal', 'identity'"]),
+    ("fisher=", lambda: est(fisher="block").fit(X), NFKError, ["fisher='block'", "'diagonal', 'identity'"]),
     ("fisher= exact", lambda: nfk.fisher_vectors(nfk.Classifier(mlp()), X, fisher="full"), NFKError,
      ["fisher='full'", "'diagonal', 'identity'"]),
     ("score=", lambda: nfk.Classifier(mlp(), score="joined"), NFKError,

@@ -1,0 +1,160 @@
+"""The exact NFK layer by layer, without a P-sized row per example where the metric allows.
+
+``K(x, z) = ⟨w(g(x) - m), w(g(z) - m)⟩`` is a sum over θ's blocks. For a ``nn.Linear`` / ``nn.Conv``
+layer with ``g = Σ_t δ_t a_tᵀ`` and a metric that is the identity or a Kronecker product
+``w = A^{-1/2} ⊗ G^{-1/2}`` (``fisher="kfac"``), with ``ã = A^{-1/2} a``, ``δ̃ = G^{-1/2} δ`` and
+``M̃ = G^{-1/2} M A^{-1/2}`` (``M`` the layer's block of the partition term):
+
+    K_l(x, z) = Σ_{t,t'} (δ̃_t(x)·δ̃_t'(z)) (ã_t(x)·ã_t'(z)) - c(x) - c(z) + ‖M̃‖²,
+    c(x) = Σ_t δ̃_t(x)ᵀ M̃ ã_t(x)
+
+(for ``T = 1``: ``(Δ G⁻¹ Δᵀ) ∘ (X A⁻¹ Xᵀ)``, nngeometry's layer-wise Gram). It costs
+``N·M·T²·(in + out)`` FLOPs against ``N·M·in·out`` for the Gram of per-example gradients, so each
+layer takes the cheaper of the two ("hadamard" when ``T²·(in + out) ≤ in·out``). The diagonal metric,
+the other layers and the parameters outside layers use per-example gradients (whitened, centred),
+one block of columns at a time, so memory is ``(N + M)·(Σ_hadamard T·(in + out) + P_rest) + N·M``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from .datasource import DataSource
+from .fisher import FisherEstimate, accumulation_dtype
+from .layers import Layer
+from .layerwise import LayerwiseOperator
+
+# Elements of the largest temporary of a Hadamard block (rows × columns × T²).
+BLOCK_ELEMENTS = 2**24
+
+
+def hadamard_layers(op: LayerwiseOperator, kind: str) -> list[Layer]:
+    """Layers whose kernel block is cheaper as a Hadamard product (identity and KFAC metrics)."""
+    if kind not in ("identity", "kfac"):
+        return []
+    return [layer for layer in op.layers
+            if layer.positions**2 * (layer.n_in + layer.n_out) <= layer.n_in * layer.n_out]
+
+
+def feature_size(op: LayerwiseOperator, kind: str) -> int:
+    """Numbers stored per example: ``T·(in + out)`` per Hadamard layer, the other coordinates."""
+    had = hadamard_layers(op, kind)
+    covered = sum(layer.numel for layer in had)
+    return sum(layer.positions * (layer.n_in + layer.n_out) for layer in had) + op.P - covered
+
+
+@dataclass
+class _Features:
+    a: list[Tensor]  # per Hadamard layer (n, T, in), whitened
+    d: list[Tensor]  # per Hadamard layer (n, T, out), whitened
+    c: list[Tensor]  # per Hadamard layer (n,), ⟨w g, w m⟩
+    rows: Tensor  # (n, P_other): the other coordinates of w(g - m)
+
+
+def _blocks(est: FisherEstimate, op: LayerwiseOperator, flat: Tensor, layer: Layer) -> Tensor:
+    parts = op.space.unflatten(flat)
+    return layer.join({n: parts[n].reshape(1, -1) for n in layer.names})[0]
+
+
+def _roots(est: FisherEstimate, layer: Layer) -> tuple[Tensor, Tensor] | None:
+    if est.kron is None:
+        return None
+    return est.kron.roots()[est.kron.layers.index(layer)]
+
+
+def _features(op: LayerwiseOperator, source: DataSource, est: FisherEstimate,
+              had: list[Layer]) -> _Features:
+    acc = accumulation_dtype(op.dtype)
+    mean, scale = est.mean.to(op.device, acc), est.scale.to(op.device, acc)
+    index = {id(layer): i for i, layer in enumerate(op.layers)}
+    others = [layer for layer in op.layers if layer not in had]
+    covered = {n for layer in op.layers for n in layer.names}
+    rest = [n for n in op.space.names if n not in covered]
+    mean_parts = op.space.unflatten(mean)
+    scale_parts = op.space.unflatten(scale)
+    Mt, roots = [], []
+    for layer in had:
+        r = _roots(est, layer)
+        M = _blocks(est, op, mean, layer)
+        if r is not None:
+            Ai, Gi = (x.to(op.device, acc) for x in r)
+            M = Gi @ M @ Ai
+            r = (Ai, Gi)
+        Mt.append(M)
+        roots.append(r)
+    a_all: list[list[Tensor]] = [[] for _ in had]
+    d_all: list[list[Tensor]] = [[] for _ in had]
+    c_all: list[list[Tensor]] = [[] for _ in had]
+    rows = []
+    for batch in source:
+        prepared = op.to_batch(batch)
+        for _, sub in op._sub_batches(prepared):
+            cap = op.capture(sub)
+            for j, layer in enumerate(had):
+                i = index[id(layer)]
+                a = layer.patches(cap.inputs[i]).to(acc)
+                d = layer.out_grads(cap.grads[i]).to(acc)
+                if roots[j] is not None:
+                    a, d = a @ roots[j][0], d @ roots[j][1]
+                a_all[j].append(a)
+                d_all[j].append(d)
+                c_all[j].append(((d @ Mt[j]) * a).sum((1, 2)))
+            parts = []
+            for layer in others:
+                i = index[id(layer)]
+                a = layer.patches(cap.inputs[i]).to(acc)
+                d = layer.out_grads(cap.grads[i]).to(acc)
+                g = d.transpose(1, 2) @ a - _blocks(est, op, mean, layer)
+                r = _roots(est, layer)
+                if r is not None:
+                    g = r[1].to(g) @ g @ r[0].to(g)
+                elif est.kind != "identity":
+                    g = g * _blocks(est, op, scale, layer)
+                parts.append(g.reshape(len(g), -1))
+            if rest:
+                grads = op._rest_grads(sub)
+                for n in rest:
+                    g = grads[n].reshape(len(grads[n]), -1).to(acc) - mean_parts[n].reshape(-1)
+                    parts.append(g * scale_parts[n].reshape(-1))
+            width = sum(p.shape[1] for p in parts)
+            rows.append(torch.cat(parts, 1) if parts else torch.zeros(len(sub[0]), width, dtype=acc,
+                                                                        device=op.device))
+    return _Features([torch.cat(x) for x in a_all], [torch.cat(x) for x in d_all],
+                     [torch.cat(x) for x in c_all], torch.cat(rows))
+
+
+def layerwise_kernel(op: LayerwiseOperator, source: DataSource, other: DataSource | None,
+                     est: FisherEstimate) -> Tensor:
+    """Exact ``K = V_X V_Zᵀ`` (N×M, in the accumulation dtype) from layer-wise features."""
+    had = hadamard_layers(op, est.kind)
+    fx = _features(op, source, est, had)
+    fz = fx if other is None else _features(op, other, est, had)
+    K = fx.rows @ fz.rows.T
+    for j, layer in enumerate(had):
+        ax, dx, az, dz = fx.a[j], fx.d[j], fz.a[j], fz.d[j]
+        n_pos = ax.shape[1]
+        step = max(1, BLOCK_ELEMENTS // max(1, len(az) * n_pos * n_pos))
+        az2, dz2 = az.reshape(-1, az.shape[2]), dz.reshape(-1, dz.shape[2])
+        for s in range(0, len(ax), step):
+            a_blk = ax[s : s + step].reshape(-1, ax.shape[2]) @ az2.T
+            a_blk *= dx[s : s + step].reshape(-1, dx.shape[2]) @ dz2.T
+            if n_pos > 1:
+                a_blk = a_blk.view(-1, n_pos, len(az), n_pos).sum((1, 3))
+            K[s : s + step] += a_blk
+        # centring: ⟨g̃(x) - M̃, g̃(z) - M̃⟩ = ⟨g̃(x), g̃(z)⟩ - c(x) - c(z) + ‖M̃‖²
+        K -= fx.c[j][:, None]
+        K -= fz.c[j][None, :]
+        K += _mean_norm(op, est, layer)
+    return K
+
+
+def _mean_norm(op: LayerwiseOperator, est: FisherEstimate, layer: Layer) -> Tensor:
+    acc = accumulation_dtype(op.dtype)
+    M = _blocks(est, op, est.mean.to(op.device, acc), layer)
+    r = _roots(est, layer)
+    if r is not None:
+        M = r[1].to(M) @ M @ r[0].to(M)
+    return (M * M).sum()
