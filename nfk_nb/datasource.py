@@ -8,8 +8,9 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 
+from .data_checks import check_label_range, check_loader_order, refuse_iterable
 from .errors import NFKError, NFKTypeError
 
 Batch = tuple[Tensor, ...]
@@ -17,7 +18,7 @@ Batch = tuple[Tensor, ...]
 
 def _as_tensor(a: Any, what: str) -> Tensor:
     if isinstance(a, Tensor):
-        return a
+        return a.detach()  # the NFK differentiates θ, never the data: input gradients are not ours
     if isinstance(a, np.ndarray) or hasattr(a, "__array__"):  # NumPy, pandas, ...
         arr = np.asarray(a)
         if arr.dtype == object or arr.dtype.kind in "USV":
@@ -46,7 +47,7 @@ def check_finite(tensors: Batch, first_index: int = 0) -> None:
 
 def _as_tuple(batch: Any) -> Batch:
     if isinstance(batch, Tensor):
-        return (batch,)
+        return (batch.detach(),)
     if isinstance(batch, (tuple, list)):
         return tuple(_as_tensor(b, "Each part of a batch") for b in batch)
     if isinstance(batch, dict):
@@ -75,15 +76,12 @@ class DataSource:
         self.batch_size = int(batch_size)
         self._loader: DataLoader | None = None
         self._tensors: Batch | None = None
+        self._n_classes: int | None = None
         if isinstance(data, DataLoader):
-            if isinstance(data.sampler, RandomSampler):
-                raise NFKError(
-                    "The DataLoader shuffles; pass one with shuffle=False so that embedding rows "
-                    "follow the data order."
-                )
+            self.n = check_loader_order(data)  # rows once each, in order, on every pass
             self._loader = data
-            self.n = len(data.dataset)  # type: ignore[arg-type]
         elif isinstance(data, Dataset):
+            refuse_iterable(data)
             self._loader = DataLoader(data, batch_size=self.batch_size, shuffle=False)
             self.n = len(data)  # type: ignore[arg-type]
         else:
@@ -109,6 +107,12 @@ class DataSource:
     def __len__(self) -> int:
         return self.n
 
+    def limit_labels(self, n_classes: int) -> None:
+        """Refuse labels outside ``0..n_classes-1``: all of them now for tensors, else batch by batch."""
+        self._n_classes = int(n_classes)
+        if self._tensors is not None and len(self._tensors) > 1:
+            check_label_range(self._tensors[1], self._n_classes)
+
     def __iter__(self) -> Iterator[Batch]:
         if self._tensors is not None:
             for start in range(0, self.n, self.batch_size):
@@ -119,8 +123,15 @@ class DataSource:
             for batch in self._loader:
                 batch = _as_tuple(batch)
                 check_finite(batch, start)  # loaders are streamed: checked batch by batch
+                if self._n_classes is not None and len(batch) > 1:
+                    check_label_range(batch[1], self._n_classes, start)
                 start += len(batch[0])
                 yield batch
+            if start != self.n:  # a sampler the order check could not foresee (e.g. it changed)
+                raise NFKError(
+                    f"The DataLoader yielded {start} rows but its dataset has {self.n}; every row "
+                    f"must be embedded once, in order."
+                )
 
     def first(self) -> Batch:
         """The first batch (used for shape checks)."""

@@ -39,11 +39,20 @@ FISHER_KINDS = ("diagonal", "identity", "kfac")
 DEFAULT_DAMPING = 1e-2
 
 
+# Beyond this relative damping the Fisher diagonal is lost in it (a scaled gradient kernel) and
+# Fisher vectors underflow towards zero: fisher="identity" is what such a setting means.
+MAX_DAMPING = 1e6
+
+
 def check_fisher(kind: str, damping: float) -> None:
     if kind not in FISHER_KINDS:
         raise NFKError(f"fisher={kind!r} is not one of 'diagonal', 'identity', 'kfac'.")
-    if not (float(damping) >= 0.0) or damping != damping:
-        raise NFKError(f"damping must be a non-negative number, got {damping}.")
+    if not (0.0 <= float(damping) <= MAX_DAMPING):
+        raise NFKError(
+            f"damping must be a non-negative number at most {MAX_DAMPING:g}, got {damping}; a larger "
+            f"one drowns the Fisher information and shrinks every Fisher vector towards zero (use "
+            f"fisher='identity' for the plain gradient kernel)."
+        )
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -93,6 +102,26 @@ def _finite_or_raise(g: Tensor, op: LogProbOperator, first_index: int) -> None:
         )
 
 
+def _moment_dtype(op: LogProbOperator) -> torch.dtype:
+    """float64 for the moments, except on devices without it (Apple MPS)."""
+    return torch.float32 if op.device.type == "mps" else torch.float64
+
+
+def _moment_float64(op: LogProbOperator, prepared: Batch, mean: Tensor | None, power: int,
+                    first_index: int) -> Tensor:
+    """The moment of one batch from float64 per-example gradients, naming an example that breaks it."""
+    g = op.per_example_grads(prepared).to(_moment_dtype(op))
+    _finite_or_raise(g, op, first_index)
+    d = (g if mean is None else g - mean.to(g)) ** power
+    bad = ~torch.isfinite(d).all(1)
+    if bool(bad.any()):
+        raise NFKError(
+            f"The score of example {first_index + int(bad.nonzero()[0])} is too large for even float64 "
+            f"moments; check the model and the data for extreme values."
+        )
+    return d.sum(0)
+
+
 def score_moment(
     op: LogProbOperator,
     batches: Iterable[Batch],
@@ -101,15 +130,18 @@ def score_moment(
     reducer: Reducer,
     tick: Callable[[int], None] = lambda n: None,
 ) -> tuple[Tensor, int]:
-    """``Σ_x (g(x) - mean)^power`` over the batches and all processes, with the example count."""
-    acc_dtype = accumulation_dtype(op.dtype)
-    total = torch.zeros(op.P, dtype=acc_dtype, device=op.device)
+    """``Σ_x (g(x) - mean)^power`` over the batches and all processes, with the example count.
+
+    Sums are float64: one extreme but finite example (an input of 1e20 in float32) must not overflow
+    the moments into ``inf`` and turn every Fisher vector into zero.
+    """
+    total = torch.zeros(op.P, dtype=_moment_dtype(op), device=op.device)
     n = 0
     for batch in batches:
         prepared = op.to_batch(batch)
         s = op.score_moment(prepared, mean, power)  # never the flat B×P copy (functional.py)
-        if not bool(torch.isfinite(s).all()):  # a bad gradient poisons the sum: find the example
-            _finite_or_raise(op.per_example_grads(prepared).to(acc_dtype), op, n)
+        if not bool(torch.isfinite(s).all()):  # overflow, or a bad gradient: redo it in float64
+            s = _moment_float64(op, prepared, mean, power, n)
         total += s
         b = len(prepared[0])
         n += b
@@ -152,7 +184,7 @@ def estimate_fisher(
     mean = torch.zeros(op.P, dtype=acc_dtype, device=op.device)
     if centered:
         total, n = score_moment(op, reference(), None, 1, reducer, tick)
-        mean = total / n
+        mean = (total / n).to(acc_dtype)
     sq, n = score_moment(op, reference(), mean if centered else None, 2, reducer, tick)
     kron = None
     if kind == "kfac":

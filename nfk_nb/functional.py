@@ -47,6 +47,8 @@ MOMENT_CHUNK = 64
 # Largest block of per-example gradients the dense strategy forms at once.
 DENSE_BYTES = 256 * 2**20
 STRATEGIES = ("auto", "vmap", "dense")
+# torch's words for an op without a forward-mode rule (aten ops; custom autograd.Functions)
+NO_FORWARD_RULE = ("Trying to use forward AD with", "to use it with forward mode AD")
 
 
 @dataclass(frozen=True)
@@ -308,8 +310,8 @@ class LogProbOperator:
             try:
                 return self._jvp_vmap(batch, tangents)
             except (NotImplementedError, RuntimeError) as exc:
-                if "forward" not in str(exc).lower():
-                    raise
+                if not any(text in str(exc) for text in NO_FORWARD_RULE):
+                    raise  # only a missing forward-mode rule switches strategy, never a passing error
                 # an op without a forward-mode rule: build the JVP from reverse mode from now on
                 self._no_forward_ad = True
                 self.choices = {key: v for key, v in self.choices.items() if key[0] != "jvp"}

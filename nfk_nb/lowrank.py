@@ -42,6 +42,7 @@ from .fisher import (
     score_moment,
 )
 from .functional import LogProbOperator, default_device, model_dtype
+from .guards import check_fit_size, check_seed, check_trace
 from .kfac import estimate_factors, factor_layout, factor_tensors, factors_from, fisher_trace
 from .layerwise import make_operator
 from .likelihoods import Batch, Likelihood
@@ -184,6 +185,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):
                 raise NFKTypeError(f"{name} must be an integer, got {value!r}.")
+        check_seed(self.seed)
         if self.rank < 1:
             raise NFKError(f"rank must be at least 1, got {self.rank}.")
         if self.sketch not in ("power", "single_pass"):
@@ -264,6 +266,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         reducer = get_reducer()
         n_total = reducer.count(source.n)
         P = op.P
+        check_fit_size(self.lik, n_total)
         if self.rank > min(n_total, P):
             raise NFKError(
                 f"rank={self.rank} is larger than min(N, P) = min({n_total}, {P}); use rank <= "
@@ -294,6 +297,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                 if state is not None:
                     tick(n_ref * fisher_passes)  # resumed: finished passes count as done
                 fisher, trace = self._fisher_and_trace(op, source, reference, reducer, tick, ckpt, state)
+                check_trace(trace, n_total)
                 products = FisherVectorProducts(op, lambda: iter(source), fisher, reducer, tick)
                 resume, save = None, None
                 if ckpt is not None:

@@ -97,6 +97,7 @@ def check_inputs(op: LogProbOperator, source: DataSource) -> None:
     try:
         with torch.no_grad():
             prepared = op.to_batch(batch)
+            _limit_labels(op, prepared, source)
             out = op.log_prob(prepared)
     except NFKError:
         raise
@@ -119,6 +120,22 @@ def check_inputs(op: LogProbOperator, source: DataSource) -> None:
             f"got {got}."
         )
     _check_differentiable(op, prepared)
+
+
+def _limit_labels(op: LogProbOperator, prepared: tuple[Tensor, ...], source: DataSource) -> None:
+    """For a classifier scored on given labels, read C off its logits and refuse other labels."""
+    if getattr(op.lik, "score", None) != "label" or len(prepared) < 2:
+        return
+    seen: list = []
+    handle = op.lik.model.register_forward_hook(lambda module, args, out: seen.append(out))
+    try:
+        probe = (prepared[0][:1], torch.zeros_like(prepared[1][:1]), *(t[:1] for t in prepared[2:]))
+        op.log_prob(probe)  # label 0 always exists: only the logits' width is wanted here
+    finally:
+        handle.remove()
+    logits = getattr(seen[0], "logits", seen[0]) if seen else None
+    if isinstance(logits, Tensor) and logits.dim() >= 1:
+        source.limit_labels(int(logits.shape[-1]))
 
 
 def _check_differentiable(op: LogProbOperator, prepared: tuple[Tensor, ...]) -> None:
