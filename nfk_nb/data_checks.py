@@ -14,13 +14,19 @@ only when its indices are ``0, 1, ..., N-1`` in order, ``N = len(dataset)``:
   no data are loaded) and comparing them with ``range(N)``; ``drop_last`` that drops rows is named;
 * iterable-style datasets are refused: they have no indices to check and may not repeat themselves.
 
+**Example numbers** in messages are global: a process fitting one shard of the data (``fit_workers``,
+torchrun) sets its shard's first row with :func:`shard_offset`, so an error names row 1000, not row
+400 of the third shard.
+
 **Labels.** A label outside ``0..C-1`` (or a fractional one) would index past the logits or be
 truncated silently: :func:`check_label_range` names the first bad example.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import contextlib
+from collections.abc import Iterable, Iterator
+from contextvars import ContextVar
 from itertools import islice
 from typing import Any
 
@@ -37,6 +43,24 @@ from torch.utils.data import (
 from torch.utils.data.sampler import BatchSampler
 
 from .errors import NFKError
+
+_OFFSET: ContextVar[int] = ContextVar("nfk_example_offset", default=0)
+
+
+def global_index(local: int) -> int:
+    """The number of a local example in the whole data set (see :func:`shard_offset`)."""
+    return _OFFSET.get() + int(local)
+
+
+@contextlib.contextmanager
+def shard_offset(first_row: int) -> Iterator[None]:
+    """Within the block, examples are numbered from ``first_row`` (this process's shard start)."""
+    token = _OFFSET.set(int(first_row))
+    try:
+        yield
+    finally:
+        _OFFSET.reset(token)
+
 
 _RANDOM = (RandomSampler, SubsetRandomSampler, WeightedRandomSampler)
 _ITERABLE = (
@@ -131,8 +155,8 @@ def check_label_range(y: Tensor, n_classes: int, first_index: int = 0) -> None:
         bad |= flat != torch.round(flat.real)
     if bool(bad.any()):
         row, col = (int(i) for i in bad.nonzero()[0])
-        value = flat[row, col].item()
+        value, row = flat[row, col].item(), global_index(first_index + row)
         raise NFKError(
-            f"Label {value!r} of example {first_index + row} is not a class index: the classifier has "
+            f"Label {value!r} of example {row} is not a class index: the classifier has "
             f"{n_classes} classes, so labels must be whole numbers in 0..{n_classes - 1}."
         )

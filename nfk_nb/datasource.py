@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from .data_checks import check_label_range, check_loader_order, refuse_iterable
+from .data_checks import check_label_range, check_loader_order, global_index, refuse_iterable
 from .errors import NFKError, NFKTypeError
 
 Batch = tuple[Tensor, ...]
@@ -38,7 +38,7 @@ def check_finite(tensors: Batch, first_index: int = 0) -> None:
         if (t.is_floating_point() or t.is_complex()) and t.dim() and t.numel():
             bad = ~torch.isfinite(t.reshape(len(t), -1)).all(1)
             if bool(bad.any()):
-                row = first_index + int(bad.nonzero()[0])
+                row = global_index(first_index + int(bad.nonzero()[0]))
                 raise NFKError(
                     f"The data contain NaN or infinite values (first at example {row}); remove or "
                     f"impute them before computing the NFK."

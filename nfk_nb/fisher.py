@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from .data_checks import global_index
 from .distributed import Reducer
 from .errors import NFKError
 from .functional import LogProbOperator
@@ -97,7 +98,7 @@ def _finite_or_raise(g: Tensor, op: LogProbOperator, first_index: int) -> None:
     if bool(bad.any()):
         row, col = (int(i) for i in bad.nonzero()[0])
         raise NFKError(
-            f"The score of example {first_index + row} is not finite in parameter "
+            f"The score of example {global_index(first_index + row)} is not finite in parameter "
             f"'{op.space.name_at(col)}'; check the model and the data for overflow."
         )
 
@@ -115,8 +116,9 @@ def _moment_float64(op: LogProbOperator, prepared: Batch, mean: Tensor | None, p
     d = (g if mean is None else g - mean.to(g)) ** power
     bad = ~torch.isfinite(d).all(1)
     if bool(bad.any()):
+        row = global_index(first_index + int(bad.nonzero()[0]))
         raise NFKError(
-            f"The score of example {first_index + int(bad.nonzero()[0])} is too large for even float64 "
+            f"The score of example {row} is too large for even float64 "
             f"moments; check the model and the data for extreme values."
         )
     return d.sum(0)

@@ -73,8 +73,10 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
+from .data_checks import shard_offset
 from .distributed import get_reducer, init_from_env, shard_bounds
 from .errors import NFKError, NFKTypeError
+from .orphans import Janitor, die_with_parent
 
 DEFAULT_TIMEOUT_S = 1800.0  # per collective: one data pass may take long on a CPU
 
@@ -161,10 +163,11 @@ def _free_port() -> int:
 
 def _worker_main(
     fn: Callable[..., Any], rank: int, world: int, port: int, device: str, timeout_s: float,
-    threads: int, workdir: str, bar_conn: Any, args: tuple,
+    threads: int, workdir: str, bar_conn: Any, args: tuple, parent_pid: int = 0,
 ) -> None:
     import torch.distributed as dist
 
+    die_with_parent(parent_pid or os.getppid())  # a killed caller must not leave workers running
     code = 0
     try:
         os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
@@ -314,12 +317,13 @@ def run_workers(
     bars = _ParentBars(progress)
     procs: list[Any] = []
     start = time.monotonic()
+    janitor = Janitor(workdir)  # removes workdir if this process is killed
     try:
         for r in range(world):
             conn = bar_send if r == 0 else None
             p = ctx.Process(target=_worker_main, name=f"nfk-worker-{r}", daemon=True,
                             args=(fn, r, world, port, device, pg_timeout, threads, str(workdir), conn,
-                                  tuple(rank_args[r])))
+                                  tuple(rank_args[r]), os.getpid()))
             try:
                 p.start()
             except (pickle.PicklingError, AttributeError, TypeError) as exc:
@@ -359,6 +363,7 @@ def run_workers(
         bars.close()
         _stop(procs)
         shutil.rmtree(workdir, ignore_errors=True)
+        janitor.stop()
 
 
 # -- fitting an estimator over local workers -----------------------------------------------------
@@ -393,9 +398,11 @@ def fitted_state(est: Any) -> dict[str, Any]:
     return {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
 
 
-def _fit_shard(rank: int, world: int, progress: Any, est: Any, shard: Any) -> tuple[Tensor, dict | None]:
+def _fit_shard(rank: int, world: int, progress: Any, est: Any, shard: Any,
+               first_row: int = 0) -> tuple[Tensor, dict | None]:
     est.progress = progress
-    E = est.fit_transform(shard)
+    with shard_offset(first_row):  # errors name the example's row in the whole data set
+        E = est.fit_transform(shard)
     state = fitted_state(est) if rank == 0 else None
     if state is not None:
         state.pop("embedding_", None)
@@ -447,7 +454,8 @@ def fit_workers(est: Any, X: Any, y: Any = None, workers: int = 2, timeout: floa
     worker_est._op = None
     if use_cuda:
         worker_est.device = None  # each worker's current device is cuda:rank
-    results = run_workers(_fit_shard, [(worker_est, s) for s in shards],
+    starts = [shard_bounds(n, workers, r)[0] for r in range(workers)]
+    results = run_workers(_fit_shard, [(worker_est, s, lo) for s, lo in zip(shards, starts)],
                           device="cuda" if use_cuda else "cpu", timeout=timeout, progress=est.progress)
     embedding = torch.cat([E for E, _ in results])
     state = results[0][1]
@@ -574,7 +582,8 @@ def _fit_distributed(args: argparse.Namespace) -> int:
         raise NFKError(f"Shard sizes {sizes.long().tolist()}: every rank needs at least one example.")
     if world > 1:
         _check_same_model(est, reducer)
-    E_local = est.fit_transform(part)
+    with shard_offset(int(sizes[:rank].sum())):
+        E_local = est.fit_transform(part)
     embedding = reducer.gather_rows(E_local)
     if rank == 0:
         _write_outputs(Path(args.out), est, embedding, world)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .data_checks import global_index
 from .datasource import DataSource
 from .errors import NFKError, NFKTypeError
 from .functional import LogProbOperator
@@ -159,9 +160,9 @@ def check_finite_rows(Y: Tensor, what: str, first_index: int = 0) -> None:
     """Refuse a non-finite ``(n, k)`` pass output, naming the first bad example."""
     bad = ~torch.isfinite(Y)
     if bool(bad.any()):
-        row = int(bad.any(1).nonzero()[0])
+        row = global_index(first_index + int(bad.any(1).nonzero()[0]))
         raise NFKError(
-            f"The {what} of example {first_index + row} is not finite; check the model and the data "
+            f"The {what} of example {row} is not finite; check the model and the data "
             f"for overflow (a float64 model, dtype=torch.float64, may help)."
         )
 
