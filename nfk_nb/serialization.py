@@ -13,7 +13,9 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -68,8 +70,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    remove_stale_temporaries(path)  # what a killed earlier save left behind
+    tmp = _create_temporary(path)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
@@ -88,15 +90,55 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         f.write(data)
 
 
+_HOST = socket.gethostname().replace(".", "_") or "host"
+_STALE_S = 24 * 3600.0  # a temporary of another machine (shared file system) this old is abandoned
+_LEGACY_STALE_S = 3600.0  # same for names without an owner (nfk_nb before host-pid names)
+
+
+def _create_temporary(path: Path) -> str:
+    """An empty new file ``.<name>.<host>-<pid>.<random>.tmp`` beside ``path``.
+
+    Created with mode 0o666 so the process umask applies, like any file the user writes (mkstemp's
+    0o600 would make saved files private whatever the umask). The host and pid let a later save tell
+    an abandoned temporary (its process is gone) from one that another process is still writing.
+    """
+    for _ in range(100):
+        tmp = path.parent / f".{path.name}.{_HOST}-{os.getpid()}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            return str(tmp)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"Could not create a temporary file beside {str(path)!r}.")
+
+
+def _abandoned(tmp: Path) -> bool:
+    """Whether nobody writes ``tmp`` any more: its process is gone (this host), or it is old."""
+    host, _, pid = tmp.name.split(".")[-3].rpartition("-") if tmp.name.count(".") >= 4 else ("", "", "")
+    if host == _HOST and pid.isdigit():
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # exists, owned by someone else
+            pass
+        return False
+    # another machine's (shared file system), or an older nfk_nb's mkstemp name without an owner
+    limit = _STALE_S if pid.isdigit() else _LEGACY_STALE_S
+    try:
+        return time.time() - tmp.stat().st_mtime > limit
+    except OSError:
+        return False
+
+
 def remove_stale_temporaries(path: str | os.PathLike) -> None:
-    """Remove temporary files that a killed :func:`atomic_write_bytes` for ``path`` left behind."""
+    """Remove temporary files for ``path`` that killed saves left behind (never one being written)."""
     path = Path(path)
     if path.parent.is_dir():
         for tmp in path.parent.glob(f".{path.name}.*.tmp"):
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
+            if _abandoned(tmp):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
 
 def save_state(
