@@ -116,9 +116,14 @@ def _moment_float64(op: LogProbOperator, prepared: Batch, mean: Tensor | None, p
     d = (g if mean is None else g - mean.to(g)) ** power
     bad = ~torch.isfinite(d).all(1)
     if bool(bad.any()):
-        row = global_index(first_index + int(bad.nonzero()[0]))
+        row = int(bad.nonzero()[0])
+        if bool(torch.isfinite(g[row] ** power).all()):  # its own score is fine: the mean is not
+            raise NFKError(
+                f"The centred scores overflow float64 moments from example {global_index(first_index + row)} "
+                f"on: the mean score is dominated by an example with extreme values; check the data."
+            )
         raise NFKError(
-            f"The score of example {row} is too large for even float64 "
+            f"The score of example {global_index(first_index + row)} is too large for even float64 "
             f"moments; check the model and the data for extreme values."
         )
     return d.sum(0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import keyword
 import os
 import re
 import sys
@@ -129,8 +130,9 @@ def run_notebook(
     if not src.is_file():
         raise NFKError(f"No notebook at {str(src)!r}.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     dest = out / src.name
+    check_run_target(src, dest, parameters)
+    out.mkdir(parents=True, exist_ok=True)
     result = RunResult(source=src, notebook=dest, html=None)
     start = time.perf_counter()
     failure: BaseException | None = None
@@ -164,9 +166,24 @@ def run_notebook(
 
 
 def _first_line(exc: BaseException) -> str:
-    lines = [s for s in str(exc).strip().splitlines() if s.strip()]
+    # rules such as "-------" say nothing; a timeout's first line says which limit was hit
+    lines = [s.strip() for s in str(exc).strip().splitlines() if any(c.isalnum() for c in s)]
+    if type(exc).__name__ == "CellTimeoutError" and lines:
+        return lines[0]
     # papermill's message starts with a banner; the exception name and message come last
     return lines[-1] if lines else type(exc).__name__
+
+
+def check_run_target(src: Path, dest: Path, parameters: dict[str, Any] | None) -> None:
+    """Refuse a run that would write over its own notebook or inject code through a parameter name."""
+    if dest.resolve() == src.resolve():
+        raise NFKError(
+            f"The output folder {str(dest.parent)!r} is the notebook's own folder: the executed copy "
+            f"would overwrite {str(src)!r}; pass another --out folder."
+        )
+    for name in parameters or {}:
+        if not (isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name)):
+            raise NFKError(f"Parameter name {name!r} is not a Python identifier; use a name such as n_train.")
 
 
 def tutorial_notebooks(folder: str | os.PathLike = "notebooks") -> list[Path]:

@@ -72,8 +72,10 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_temporaries(path)  # what a killed earlier save left behind
     tmp = _create_temporary(path)
+    mode = os.stat(tmp).st_mode & 0o777  # 0o666 less the umask; a writer may recreate the file 0o600
     try:
         yield tmp
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
