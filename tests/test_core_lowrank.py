@@ -12,7 +12,7 @@ from torch import nn
 import nfk_nb as nfk
 from nfk_nb.evaluate import optimal_rank_error
 
-from .oracle import trained_classifier
+from .oracle import rel, top_eigen_projection, trained_classifier
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -34,15 +34,69 @@ def family(name, net, X, y):
     return nfk.VAE(enc, dec, likelihood="gaussian"), X
 
 
+# Low-rank error / optimal rank-10 error at the defaults (q=2, oversample 10), measured with
+# trained_classifier(seed=s) and LowRankNFK(seed=s), s = 0 / 1 / 2 (float64, deterministic):
+#   joint 1.0028 / 1.0022 / 1.0074, label 1.0002 / 1.0001 / 1.0000, energy 1.0000 / 1.0000 / 1.0000,
+#   vae 1.0029 / 1.0019 / 1.0038.
+# The test runs seed 0; each bound is the largest of the three plus a stated margin (0.003 for joint
+# and vae, 0.001 for label and energy), so a fault that costs 0.5% of accuracy is visible.
+ERROR_BOUND = {"joint": 1.0074 + 0.003, "label": 1.0002 + 0.001, "energy": 1.0000 + 0.001,
+               "vae": 1.0038 + 0.003}
+
+
 @pytest.mark.parametrize("name", FAMILIES)
-def test_error_within_5_percent_of_optimal(name):
+def test_error_near_optimal(name):
     net, X, y = trained_classifier()
     lik, data = family(name, net, X, y)
     K = nfk.fisher_kernel(lik, data)
     rank = 10
     E = nfk.LowRankNFK(lik, rank=rank, progress=False).fit_transform(data)
     err = float((K - E @ E.T).norm())
-    assert err <= 1.05 * optimal_rank_error(K, rank)
+    optimal = optimal_rank_error(K, rank)
+    assert optimal <= err <= ERROR_BOUND[name] * optimal, err / optimal
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_converged_sketch_is_the_top_eigen_projection(name):
+    """At many power iterations E Eᵀ is the exact kernel projected on its top-k eigenvectors.
+
+    Measured relative distance at q=30, seeds 0/1/2: joint 6.5e-10 / 8.7e-11 / 9.4e-10, vae
+    3.2e-10 / 4.2e-10 / 9.9e-12, label and energy < 1e-13 (eigen-gaps λ11/λ10 down to 0.98).
+    """
+    net, X, y = trained_classifier()
+    lik, data = family(name, net, X, y)
+    K = nfk.fisher_kernel(lik, data)
+    est = nfk.LowRankNFK(lik, rank=10, power_iters=30, progress=False)
+    E = est.fit_transform(data)
+    assert rel(E @ E.T, top_eigen_projection(K, 10)) < 1e-6
+    ev = torch.linalg.eigvalsh(K).flip(0)[:10]
+    torch.testing.assert_close(est.singular_values_**2, ev, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_components_are_orthonormal_and_ratios_sum_below_one(name):
+    net, X, y = trained_classifier()
+    lik, data = family(name, net, X, y)
+    est = nfk.LowRankNFK(lik, rank=10, progress=False).fit(data)
+    W = est.components_
+    torch.testing.assert_close(W @ W.T, torch.eye(10), rtol=0, atol=1e-10)
+    evr = est.explained_variance_ratio_
+    assert float(evr.sum()) <= 1.0
+    torch.testing.assert_close(evr, est.singular_values_**2 / est.trace_, rtol=1e-12, atol=0)
+    # the trace is that of the exact kernel (computed from per-example scores, not the sketch)
+    assert np.isclose(est.trace_, float(nfk.fisher_kernel(lik, data).trace()), rtol=1e-10)
+
+
+@pytest.mark.parametrize("params", [None, "2.*"])
+def test_embedding_of_data_centred_fit_has_zero_mean(params):
+    """With the fit data as reference set the Fisher vectors have zero mean, so every column of E does."""
+    net, X, _ = trained_classifier()
+    lik = nfk.Classifier(net, score="joint", params=params)  # partition term = mean score over X
+    est = nfk.LowRankNFK(lik, rank=6, progress=False)
+    E = est.fit_transform(X)
+    scale = float(E.abs().max())
+    assert float(E.mean(0).abs().max()) < 1e-12 * scale  # measured 2e-17 relative
+    assert float(est.transform(X).mean(0).abs().max()) < 1e-12 * scale
 
 
 def test_full_rank_reproduces_the_kernel_on_new_points():

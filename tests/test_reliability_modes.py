@@ -54,16 +54,35 @@ def test_embedding_does_not_depend_on_batch_size():
 
 
 def test_the_batch_size_test_can_fail(monkeypatch):
-    """Without eval mode the same comparison fails (or the fit refuses), so the test above is meaningful."""
+    """Without eval mode the BatchNorm net is refused (its running statistics would update inside the
+    per-example transform), so the test above depends on eval mode."""
     monkeypatch.setattr(lowrank, "eval_mode", lambda *m: contextlib.nullcontext())
-    net = bn_dropout_net()
+    with pytest.raises(nfk.NFKError, match="cannot differentiate it per example"):
+        fit(bn_dropout_net(), inputs(), 7)
+
+
+class TrainScale(nn.Module):
+    """Doubles its input in train mode: a deterministic stand-in for train-only behaviour."""
+
+    def forward(self, x):
+        return 2 * x if self.training else x
+
+
+def test_the_mode_test_can_fail(monkeypatch):
+    """With eval mode switched off a train-only behaviour changes the embedding, and the comparison
+    the mode tests make (train-mode fit == eval-mode fit) trips."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(6, 8), TrainScale(), nn.Tanh(), nn.Linear(8, 3))
     X = inputs()
-    try:
-        E7, _ = fit(net, X, 7)
-        E40, _ = fit(net, X, 40)
-    except Exception:  # noqa: BLE001 - vmap may refuse BatchNorm in train mode: also a failure
-        return
-    assert not torch.allclose(E7, E40, atol=1e-6)
+    net.train()
+    E_train, _ = fit(net, X, 40)
+    net.eval()
+    E_eval, _ = fit(net, X, 40)
+    torch.testing.assert_close(E_train, E_eval, rtol=0, atol=1e-12)  # eval mode in force: equal
+    monkeypatch.setattr(lowrank, "eval_mode", lambda *m: contextlib.nullcontext())
+    net.train()
+    E_fault, _ = fit(net, X, 40)
+    assert not torch.allclose(E_fault, E_eval, atol=1e-6)
 
 
 def test_exact_path_batch_size_independent():
