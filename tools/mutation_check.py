@@ -60,7 +60,7 @@ FAULTS = [
           "torch.where(damped > 0, safe.rsqrt(), torch.zeros_like(damped))",
           "torch.where(damped > 0, safe.reciprocal(), torch.zeros_like(damped))"),
     Fault("centre_off_by_one", "partition term divides by n + 1",
-          "mean = total / n", "mean = total / (n + 1)"),
+          "mean = (total / n).to(acc_dtype)", "mean = (total / (n + 1)).to(acc_dtype)"),
     Fault("uncentred_diag", "Fisher diagonal from uncentred scores",
           "sq, n = score_moment(op, reference(), mean if centered else None, 2, reducer, tick)",
           "sq, n = score_moment(op, reference(), None, 2, reducer, tick)"),
@@ -75,15 +75,14 @@ FAULTS = [
           "torch.manual_seed(seed)\n            out = self.sampler(self.n_samples)",
           "torch.manual_seed(0)\n            out = self.sampler(self.n_samples)"),
     Fault("trace_unscaled", "trace K summed over unscaled scores",
-          "the reference set\n                trace = float((sq * fisher.scale.to(sq.dtype) ** 2).sum())",
-          "the reference set\n                trace = float(sq.sum())"),
+          "return float((sq * fisher.scale.to(sq.dtype) ** 2).sum())", "return float(sq.sum())"),
     Fault("power_iters_capped", "power iterations capped at one",
           "n_passes = 2 * self.power_iters + 2", "n_passes = 2 * min(self.power_iters, 1) + 2"),
     Fault("no_sign_flip", "no svd_flip sign convention on the components",
           "Wt = (Wt * svd_flip_rows(Wt)[:, None]).contiguous()  # row-major",
           "Wt = Wt.contiguous()  # row-major", tuple(CORE + MODES)),
     Fault("no_eval_mode", "eval mode never entered",
-          "            module.eval()\n", "            pass\n", tuple(MODES)),
+          "                module.eval()\n", "                pass\n", tuple(MODES)),
 ]
 
 
