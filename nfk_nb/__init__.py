@@ -11,7 +11,7 @@ from typing import Any
 from .errors import NFKError, NFKMemoryError, NFKTypeError
 from .exact import fisher_kernel, fisher_vectors
 from .fisher import DEFAULT_DAMPING, FisherEstimate
-from .likelihoods import VAE, Classifier, EnergyModel, Likelihood, Regressor
+from .likelihoods import VAE, CausalLM, Classifier, EnergyModel, Likelihood, Regressor
 from .lowrank import LowRankNFK
 from .records import read_records, record
 
@@ -19,6 +19,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAE",
+    "CausalLM",
     "Classifier",
     "DEFAULT_DAMPING",
     "EnergyModel",

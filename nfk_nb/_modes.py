@@ -1,4 +1,4 @@
-"""Context managers that make examples independent: eval mode, restored afterwards."""
+"""Context managers that leave the user's modules as they were: eval mode, restored afterwards."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import threading
 import weakref
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 # One re-entrant lock per model: the eval-mode switch and ``functional_call`` (which swaps the
@@ -56,3 +57,54 @@ def eval_mode(*modules: nn.Module) -> Iterator[None]:
         finally:
             for m, flag in saved:
                 m.training = flag
+
+
+@contextlib.contextmanager
+def restored_modules() -> Iterator[None]:
+    """Undo what running modules does to them inside the block (for user samplers).
+
+    A sampler is an opaque callable (``lambda n: G(torch.randn(n, 16))``), so the modules it uses
+    are found as they run: a global forward pre-hook records, the first time each module runs, its
+    train/eval flag, a copy of its own buffers (BatchNorm running statistics, spectral-norm power
+    iteration vectors) and the version counters of its parameters. On exit the buffers and flags
+    are put back; a parameter changed in place after its module first ran cannot be put back
+    cheaply and is refused (state a sampler changes before a module's first forward is not seen).
+    """
+    from torch.nn.modules.module import register_module_forward_pre_hook
+
+    from .errors import NFKError
+
+    seen: dict[int, tuple[nn.Module, bool, dict[str, torch.Tensor], dict[str, int]]] = {}
+
+    def record(module: nn.Module, args: object) -> None:
+        if id(module) not in seen:
+            buffers = {n: b.detach().clone() for n, b in module.named_buffers(recurse=False)
+                       if b is not None}
+            versions = {n: p._version for n, p in module.named_parameters(recurse=False)}
+            seen[id(module)] = (module, module.training, buffers, versions)
+
+    handle = register_module_forward_pre_hook(record)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        handle.remove()
+        changed = []
+        with torch.no_grad():
+            for module, flag, buffers, versions in seen.values():
+                for name, saved in buffers.items():
+                    current = getattr(module, name)
+                    if isinstance(current, torch.Tensor) and current.shape == saved.shape:
+                        current.copy_(saved)
+                    else:
+                        setattr(module, name, saved)
+                module.training = flag
+                changed += [f"{type(module).__name__}.{n}"
+                            for n, p in module.named_parameters(recurse=False)
+                            if p._version != versions.get(n, p._version)]
+        if changed and ok:
+            raise NFKError(
+                f"The sampler changed model parameters in place ({', '.join(changed[:3])}); draw "
+                f"samples without updating the model."
+            )

@@ -1,8 +1,13 @@
-"""Turn what users pass as data (tensor, ``(X, y)``, Dataset, DataLoader) into re-iterable batches."""
+"""Turn what users pass as data into re-iterable batches.
+
+Data may be a tensor, an ``(X, y)`` tuple, a dict of tensors (or a Hugging Face ``BatchEncoding``),
+a Dataset (of tuples or of dicts) or a DataLoader (yielding tuples or dicts). Dict batches travel as
+:class:`~nfk_nb.batch.KeyedBatch` tuples, so the model is called as ``model(**batch)``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -10,10 +15,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
+from .batch import Batch, KeyedBatch, from_mapping, has_labels, labels_of, like
 from .data_checks import check_label_range, check_loader_order, global_index, refuse_iterable
 from .errors import NFKError, NFKTypeError
-
-Batch = tuple[Tensor, ...]
 
 
 def _as_tensor(a: Any, what: str) -> Tensor:
@@ -48,13 +52,14 @@ def check_finite(tensors: Batch, first_index: int = 0) -> None:
 def _as_tuple(batch: Any) -> Batch:
     if isinstance(batch, Tensor):
         return (batch.detach(),)
+    if isinstance(batch, KeyedBatch):
+        return batch
+    if isinstance(batch, Mapping):  # dict, BatchEncoding (a UserDict), ...
+        return from_mapping(batch, _as_tensor)
     if isinstance(batch, (tuple, list)):
+        if len(batch) == 2 and isinstance(batch[0], Mapping):  # (encoding, labels)
+            return from_mapping({**batch[0], "labels": batch[1]}, _as_tensor)
         return tuple(_as_tensor(b, "Each part of a batch") for b in batch)
-    if isinstance(batch, dict):
-        raise NFKTypeError(
-            "Dict batches are not supported directly: wrap the model in a custom Likelihood and "
-            "yield (x, y) tuples."
-        )
     return (_as_tensor(batch, "A batch"),)
 
 
@@ -63,9 +68,10 @@ class DataSource:
 
     Parameters
     ----------
-    data : Tensor, ndarray, tuple, Dataset or DataLoader
-        ``(X, y)`` tuples are split together; a DataLoader is used as is (it must not shuffle,
-        since rows of the embedding follow the data order).
+    data : Tensor, ndarray, tuple, dict, Dataset or DataLoader
+        ``(X, y)`` tuples and dicts of tensors (all with the examples on the first axis) are split
+        together; a DataLoader is used as is (it must not shuffle, since rows of the embedding
+        follow the data order).
     batch_size : int
         Batch size for tensors and Datasets.
     """
@@ -89,9 +95,7 @@ class DataSource:
             n = len(tensors[0]) if tensors[0].dim() > 0 else 0
             for t in tensors[1:]:
                 if len(t) != n:
-                    raise NFKError(
-                        f"The parts of the data have different lengths ({n} inputs, {len(t)} targets)."
-                    )
+                    raise NFKError(_length_message(tensors, n, len(t)))
             self._tensors = tensors
             self.n = n
             check_finite(tensors)
@@ -100,9 +104,7 @@ class DataSource:
 
     @property
     def has_labels(self) -> bool:
-        if self._tensors is not None:
-            return len(self._tensors) > 1
-        return len(next(iter(self))) > 1
+        return has_labels(self._tensors if self._tensors is not None else next(iter(self)))
 
     def __len__(self) -> int:
         return self.n
@@ -110,21 +112,23 @@ class DataSource:
     def limit_labels(self, n_classes: int) -> None:
         """Refuse labels outside ``0..n_classes-1``: all of them now for tensors, else batch by batch."""
         self._n_classes = int(n_classes)
-        if self._tensors is not None and len(self._tensors) > 1:
-            check_label_range(self._tensors[1], self._n_classes)
+        labels = None if self._tensors is None else labels_of(self._tensors)
+        if labels is not None:
+            check_label_range(labels, self._n_classes)
 
     def __iter__(self) -> Iterator[Batch]:
         if self._tensors is not None:
             for start in range(0, self.n, self.batch_size):
-                yield tuple(t[start : start + self.batch_size] for t in self._tensors)
+                yield like(self._tensors, (t[start : start + self.batch_size] for t in self._tensors))
         else:
             assert self._loader is not None
             start = 0
             for batch in self._loader:
                 batch = _as_tuple(batch)
                 check_finite(batch, start)  # loaders are streamed: checked batch by batch
-                if self._n_classes is not None and len(batch) > 1:
-                    check_label_range(batch[1], self._n_classes, start)
+                labels = labels_of(batch)
+                if self._n_classes is not None and labels is not None:
+                    check_label_range(labels, self._n_classes, start)
                 start += len(batch[0])
                 yield batch
             if start != self.n:  # a sampler the order check could not foresee (e.g. it changed)
@@ -136,6 +140,13 @@ class DataSource:
     def first(self) -> Batch:
         """The first batch (used for shape checks)."""
         return next(iter(self))
+
+
+def _length_message(tensors: Batch, n: int, other: int) -> str:
+    if isinstance(tensors, KeyedBatch):
+        sizes = ", ".join(f"{k}: {len(t) if t.dim() else 0}" for k, t in zip(tensors.keys, tensors))
+        return f"The values of the data dict have different numbers of examples ({sizes})."
+    return f"The parts of the data have different lengths ({n} inputs, {other} targets)."
 
 
 def as_source(data: Any, batch_size: int = 256, y: Any = None) -> DataSource:

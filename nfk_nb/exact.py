@@ -17,7 +17,7 @@ from ._modes import eval_mode
 from .datasource import DataSource, as_source
 from .errors import NFKError, NFKMemoryError
 from .fisher import DEFAULT_DAMPING, FisherEstimate, accumulation_dtype, estimate_fisher
-from .functional import LogProbOperator, default_device, model_dtype
+from .functional import LogProbOperator, compute_dtype, default_device
 from .layerwise import make_operator
 from .likelihoods import Likelihood
 from .validation import check_source
@@ -52,7 +52,7 @@ def check_memory(n_elements: int, dtype: torch.dtype, device: torch.device, what
 def _setup(lik: Likelihood, device: Any, dtype: torch.dtype | None) -> LogProbOperator:
     if not isinstance(lik, Likelihood):
         raise NFKError(f"lik must be an nfk_nb likelihood, not {type(lik).__name__}.")
-    return make_operator(lik, default_device(device), dtype or model_dtype(lik.model))
+    return make_operator(lik, default_device(device), dtype or compute_dtype(lik.model))
 
 
 def _fisher(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: str,

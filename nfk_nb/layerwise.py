@@ -28,9 +28,9 @@ from collections.abc import Iterator
 
 import torch
 from torch import Tensor
-from torch.func import grad, vmap
 
-from .functional import DENSE_BYTES, LogProbOperator, _add_batch_dim
+from .batch import slice_batch
+from .functional import DENSE_BYTES, LogProbOperator
 from .layers import Captured, Layer, find_layers, recording
 from .likelihoods import Batch, Likelihood
 
@@ -111,9 +111,13 @@ class LayerwiseOperator(LogProbOperator):
             self._probed = True
             return
         self._probed = True
-        example = tuple(t[:3] for t in batch)
+        example = slice_batch(batch, 0, 3)
         n = len(example[0])
         reference = super()._grads(example)  # the torch.func oracle, on a few examples
+        if self._loop_examples:  # not vmappable over examples: every product per example (functional)
+            self.layers = []
+            self._update_rest()
+            return
         cap = None
         while self.layers:
             try:
@@ -167,7 +171,7 @@ class LayerwiseOperator(LogProbOperator):
         n = len(batch[0])
         step = min(n, self._step or n)
         for start in range(0, n, step):
-            yield start, tuple(t[start : start + step] for t in batch)
+            yield start, slice_batch(batch, start, start + step)
 
     # -- per-example gradients --------------------------------------------------------------------
     def _grads(self, batch: Batch) -> dict[str, Tensor]:
@@ -223,13 +227,7 @@ class LayerwiseOperator(LogProbOperator):
 
     def _rest_grads(self, batch: Batch) -> dict[str, Tensor]:
         """Per-example gradients of the parameters outside the layers, by ``vmap(grad)``."""
-        rest = {n: self.theta[n] for n in self.rest}
-        fixed = {n: t for n, t in self.theta.items() if n not in rest}
-
-        def single(r: dict[str, Tensor], example: Batch) -> Tensor:
-            return self({**fixed, **r}, _add_batch_dim(example))[0]
-
-        return vmap(grad(single), in_dims=(None, 0))(rest, batch)
+        return self._grads_vmap(batch, {n: self.theta[n] for n in self.rest})
 
     # -- the FLOP model ---------------------------------------------------------------------------
     def _is_direct(self, layer: Layer, k: int) -> bool:

@@ -7,6 +7,10 @@ and the Fisher information come from (DESIGN §2):
 * ``reference == "data"``    – the fit data (``m`` = mean score over them when ``centered``);
 * ``reference == "sampler"`` – ``sampler(n_samples)`` drawn once, seeded (energy models, JEM).
 
+Batches are tuples ``(x, y, ...)`` or, for dict data (Hugging Face tokenizers), keyed tuples: the
+model is then called as ``model(**batch)`` without the ``labels`` key, which gives the targets.
+Outputs may be tensors, tuples (first element) or objects with ``.logits`` (see :func:`call_model`).
+
 The functions here are plain batched PyTorch; ``functional.py`` turns them into per-example
 gradients, JVPs and VJPs with ``torch.func``.
 """
@@ -22,9 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._modes import restored_modules
+from .batch import Batch, KeyedBatch, labels_of
 from .errors import NFKError, NFKTypeError
 
-Batch = tuple[Tensor, ...]
 ParamSelector = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
 
 SCORES = ("joint", "label", "predicted")
@@ -145,13 +150,26 @@ class Likelihood:
         return batch
 
     def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
-        """Per-example ``log p̃`` of a batch tuple, shape ``(B,)``."""
-        arg = batch[0] if len(batch) == 1 else batch
+        """Per-example ``log p̃`` of a batch tuple, shape ``(B,)``.
+
+        The user's function gets the input tensor for one-tensor data, the dict for dict data,
+        else the tuple ``(x, y, ...)``.
+        """
+        if isinstance(batch, KeyedBatch):
+            arg: Any = batch.as_dict()
+        else:
+            arg = batch[0] if len(batch) == 1 else batch
         return self._user_log_prob(model, arg)
 
     def draw_reference(self, seed: int) -> Tensor:
-        """``sampler(n_samples)`` under a fixed seed, detached."""
-        with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad():
+        """``sampler(n_samples)`` under a fixed seed, detached.
+
+        The draw leaves the user's models alone: every module that runs during it gets its buffers
+        (e.g. BatchNorm running statistics of a generator left in train mode) and train/eval flags
+        restored afterwards, and an in-place change of a parameter is refused (see
+        :func:`nfk_nb._modes.restored_modules`). The sampler runs in the mode it was written for.
+        """
+        with torch.random.fork_rng(devices=_cuda_devices()), torch.no_grad(), restored_modules():
             torch.manual_seed(seed)
             out = self.sampler(self.n_samples)
         if isinstance(out, (tuple, list)):
@@ -173,6 +191,30 @@ class Likelihood:
 
 def _cuda_devices() -> list[int]:
     return list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+
+
+def output_tensor(out: Any, who: str = "The model") -> Tensor:
+    """The tensor in a model's output: a tensor, ``.logits`` (Hugging Face), or a tuple's first item."""
+    if isinstance(out, Tensor):
+        return out
+    logits = getattr(out, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    if isinstance(out, dict) and isinstance(out.get("logits"), Tensor):
+        return out["logits"]
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    raise NFKTypeError(
+        f"{who} returned {type(out).__name__}; expected a tensor, a tuple starting with one or an "
+        f"object with .logits."
+    )
+
+
+def call_model(model: nn.Module, batch: Batch, who: str = "The model") -> Tensor:
+    """``model(x)`` for tuple batches, ``model(**inputs)`` for dict batches; the output tensor."""
+    if isinstance(batch, KeyedBatch):
+        return output_tensor(model(**batch.inputs()), who)
+    return output_tensor(model(batch[0]), who)
 
 
 def _squeeze_scalar_output(out: Tensor, who: str) -> Tensor:
@@ -228,7 +270,7 @@ class Classifier(Likelihood):
         return self.score == "label"
 
     def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
-        logits = model(batch[0])
+        logits = call_model(model, batch, "The classifier")
         if logits.dim() != 2:
             raise NFKError(
                 f"The classifier must return logits of shape (batch, classes), got {tuple(logits.shape)}."
@@ -237,9 +279,10 @@ class Classifier(Likelihood):
             return torch.logsumexp(logits, dim=-1)
         logp = F.log_softmax(logits, dim=-1)
         if self.score == "label":
-            if len(batch) < 2:
+            labels = labels_of(batch)
+            if labels is None:
                 raise NFKError("score='label' needs labels: pass the data as (X, y).")
-            y = batch[1].long().reshape(-1, 1)
+            y = labels.long().reshape(-1, 1)
         else:
             y = logits.argmax(dim=-1, keepdim=True)
         return logp.gather(-1, y)[:, 0]
@@ -282,7 +325,8 @@ class EnergyModel(Likelihood):
         )
 
     def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
-        return _squeeze_scalar_output(model(batch[0]), "The energy model / discriminator")
+        who = "The energy model / discriminator"
+        return _squeeze_scalar_output(call_model(model, batch, who), who)
 
 
 class Regressor(Likelihood):
@@ -301,10 +345,11 @@ class Regressor(Likelihood):
         return True
 
     def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
-        if len(batch) < 2:
+        target = labels_of(batch)
+        if target is None:
             raise NFKError("Regressor needs targets: pass the data as (X, y).")
-        pred = model(batch[0])
-        y = batch[1].to(pred.dtype).reshape(pred.shape)
+        pred = call_model(model, batch, "The regressor")
+        y = target.to(pred.dtype).reshape(pred.shape)
         return -((y - pred) ** 2).reshape(len(pred), -1).sum(-1) / (2 * self.sigma**2)
 
     def describe(self) -> dict[str, Any]:
@@ -422,3 +467,57 @@ class VAE(Likelihood):
             "sigma": self.sigma,
             "seed": self.seed,
         }
+
+
+class CausalLM(Likelihood):
+    """A causal language model scored by its sequence log-likelihood (``m = 0``).
+
+    ``log p(x) = Σ_{t≥1} mask_t · log p(x_t | x_<t)``, with ``p(· | x_<t)`` the softmax of the
+    model's next-token logits at position ``t - 1``. The model is normalised, so there is no
+    partition term and the Fisher information is estimated on the fit data.
+
+    Parameters
+    ----------
+    model : nn.Module
+        Returns next-token logits ``(B, T, V)``: a tensor, a tuple starting with one, or an object
+        with ``.logits`` (Hugging Face causal LMs). Tied input/output embeddings are one parameter
+        and count once in θ.
+    params
+        As in :class:`Likelihood`.
+
+    Notes
+    -----
+    Data: a tensor of token ids ``(B, T)`` (``model(ids)``), optionally with a padding mask as a
+    second tensor ``(ids, mask)`` (used for the sum only); or a dict / ``BatchEncoding`` with
+    ``input_ids`` and optionally ``attention_mask`` (``model(**batch)``). A ``labels`` key, as
+    Hugging Face builds for causal LMs, gives the targets instead of ``input_ids``; positions whose
+    label is ``-100`` are left out, like padding.
+    """
+
+    family = "causal-lm"
+
+    def __init__(self, model: nn.Module, params: ParamSelector = None) -> None:
+        super().__init__(None, model, params=params, partition="none")
+
+    def log_prob(self, model: nn.Module, batch: Batch) -> Tensor:
+        if isinstance(batch, KeyedBatch):
+            inputs = batch.inputs()
+            if "input_ids" not in inputs:
+                raise NFKError("CausalLM needs an 'input_ids' key in dict batches.")
+            ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+            targets = labels_of(batch)
+        else:
+            ids, mask, targets = batch[0], (batch[1] if len(batch) > 1 else None), None
+        logits = call_model(model, batch, "The language model")
+        if logits.dim() != 3 or logits.shape[:2] != ids.shape[:2]:
+            raise NFKError(
+                f"CausalLM needs next-token logits of shape (batch, length, vocabulary) for ids of "
+                f"shape {tuple(ids.shape)}, got {tuple(logits.shape)}."
+            )
+        target = (ids if targets is None else targets)[:, 1:].long()
+        keep = target != -100
+        if mask is not None:
+            keep = keep & mask[:, 1:].bool()
+        logp = F.log_softmax(logits[:, :-1], dim=-1)
+        token = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return (token * keep.to(token.dtype)).sum(-1)

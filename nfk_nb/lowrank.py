@@ -30,6 +30,7 @@ from torch import Tensor
 from ._modes import eval_mode
 from ._progress import make_bar
 from .checkpoint import FitCheckpoint, tensors_digest
+from .consistency import check_cancellation, check_consistency, fit_with_precision_guard
 from .datasource import DataSource, as_source
 from .distributed import Reducer, get_reducer
 from .errors import NFKError, NFKTypeError
@@ -41,12 +42,12 @@ from .fisher import (
     estimate_fisher,
     score_moment,
 )
-from .functional import LogProbOperator, default_device, model_dtype
+from .functional import LogProbOperator, compute_dtype, default_device
 from .guards import check_fit_size, check_seed, check_trace
 from .kfac import estimate_factors, factor_layout, factor_tensors, factors_from, fisher_trace
 from .layerwise import make_operator
 from .likelihoods import Batch, Likelihood
-from .products import FisherVectorProducts
+from .products import FisherVectorProducts, gaussian_test_matrix
 from .serialization import load_state, save_state
 from .validation import check_finite_columns, check_finite_rows, check_inputs, check_labels
 
@@ -220,7 +221,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         op = getattr(self, "_op", None)
         if op is None:
             device = default_device(self.device)
-            dtype = self.dtype or model_dtype(self.lik.model)
+            dtype = getattr(self, "_dtype_override", None) or self.dtype or compute_dtype(self.lik.model)
             op = make_operator(self.lik, device, dtype, self.chunk_size)
             self._op = op
         return op
@@ -257,8 +258,26 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             pass and gives the same embedding as an uninterrupted fit (bitwise on the CPU). A
             checkpoint made for another model, data size or setting is refused with a message that
             names the difference. The file is deleted when the fit succeeds.
+
+        Warns
+        -----
+        PrecisionWarning
+            The fit failed its numerical self-check (see ``nfk_nb.consistency``) and was recomputed
+            in float64 (without checkpointing); an inconsistent fit is never returned.
         """
         self._check_params()
+        self._dtype_override, self._op = None, None
+        return fit_with_precision_guard(
+            lambda dtype: self._fit_transform(X, y, checkpoint, dtype), self._operator().dtype
+        )
+
+    def _fit_transform(self, X: Any, y: Any, checkpoint: Any, dtype: torch.dtype | None) -> Tensor:
+        if dtype is not None and checkpoint is not None:  # the refit: the saved passes are not reusable
+            checkpoint = os.fspath(checkpoint)
+            if os.path.exists(checkpoint):
+                os.remove(checkpoint)
+            checkpoint = None
+        self._dtype_override = dtype
         self._op = None
         start = time.perf_counter()
         source = self._source(X, y)
@@ -298,6 +317,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                     tick(n_ref * fisher_passes)  # resumed: finished passes count as done
                 fisher, trace = self._fisher_and_trace(op, source, reference, reducer, tick, ckpt, state)
                 check_trace(trace, n_total)
+                check_cancellation(fisher, op.dtype)
                 products = FisherVectorProducts(op, lambda: iter(source), fisher, reducer, tick)
                 resume, save = None, None
                 if ckpt is not None:
@@ -317,6 +337,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                     Wt, S = self._sketch(products, reducer, l, P, acc, resume=resume, save=save)
                 embedding = products.matvec(Wt)
                 check_finite_rows(embedding, "embedding")
+                check_consistency(products, source, Wt, S, embedding, trace, reducer)
             finally:
                 bar.close()
                 getattr(op, "clear_cache", lambda: None)()
@@ -442,8 +463,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         done, M = resume if resume is not None else (0, None)
         for j in range(done, n_passes):
             if j == 0:
-                gen = torch.Generator().manual_seed(int(self.seed))
-                omega = torch.randn(l, P, generator=gen, dtype=torch.float64).to(acc)
+                omega = gaussian_test_matrix(l, P, self.seed, acc, products.op.device)
                 M = products.matvec(omega)  # Y = V Ωᵀ  (n, l)
                 del omega
             elif j % 2 == 1:
@@ -470,8 +490,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         With ``Q = orth(Y)`` (N×l) and ``m = 2l + 1`` co-range rows, ``X = (Ψ Q)⁺ W`` (l×P)
         estimates ``Qᵀ V`` without a second pass; its thin SVD gives ``S`` and ``Wᵀ``.
         """
-        gen = torch.Generator().manual_seed(int(self.seed))
-        omega = torch.randn(l, P, generator=gen, dtype=torch.float64).to(acc)
+        omega = gaussian_test_matrix(l, P, self.seed, acc, products.op.device)
         m = 2 * l + 1  # co-range size, Tropp et al.'s recommendation
         # Ψ rows are drawn per example; each process draws its own independent rows
         psi_gen = torch.Generator().manual_seed(int(self.seed) + 1 + 7919 * reducer.rank)

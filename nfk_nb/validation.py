@@ -16,6 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from .batch import slice_batch
 from .data_checks import global_index
 from .datasource import DataSource
 from .errors import NFKError, NFKTypeError
@@ -92,7 +93,7 @@ def check_inputs(op: LogProbOperator, source: DataSource) -> None:
         tells it), a ``log_prob`` that does not return one number per example, or a model that
         ``torch.func`` cannot differentiate per example.
     """
-    batch = tuple(t[:2] for t in source.first())
+    batch = slice_batch(source.first(), 0, 2)  # keys of a dict batch kept
     x = batch[0]
     model = op.lik.model
     try:

@@ -12,6 +12,8 @@ from torch import nn
 import nfk_nb as nfk
 from nfk_nb.errors import NFKError, NFKTypeError
 from nfk_nb.products import FisherVectorProducts
+from tests.oracle import fisher_vectors as oracle_vectors
+from tests.oracle import per_example_grads
 
 
 def mlp(d: int = 4, c: int = 3, seed: int = 0) -> nn.Module:
@@ -141,14 +143,36 @@ class _Item(_Branchy):
         return self.lin(x) * float(x.abs().max().item())
 
 
+class _NumPy(_Branchy):
+    """Reads the output through NumPy: fails under torch.func even one example at a time."""
+
+    def forward(self, x):
+        out = self.lin(x)
+        return out * float(np.abs(out.detach().numpy()).max())
+
+
 @pytest.mark.parametrize("module", [_Branchy, _Item])
-def test_models_torch_func_cannot_handle_get_one_sentence(module):
-    for call in (lambda: est(nfk.Classifier(module())).fit(X),
-                 lambda: nfk.fisher_vectors(nfk.Classifier(module()), X)):
+def test_branches_on_values_fall_back_to_single_examples(module):
+    # vmap over examples fails; each example alone differentiates: the per-example semantics,
+    # one warning, and the exact kernel of the single-example scores (oracle)
+    torch.manual_seed(0)
+    net = module().double()
+    Xd = X.double()
+    with pytest.warns(UserWarning, match=f"cannot vmap this model over examples.*{module.__name__}"):
+        V = nfk.fisher_vectors(nfk.Classifier(net), Xd)
+    G = per_example_grads(net, [n for n, _ in net.named_parameters()],
+                          lambda x: torch.logsumexp(net(x[None]), -1)[0], Xd)
+    want = oracle_vectors(G, G, True, "diagonal", nfk.DEFAULT_DAMPING)
+    assert torch.allclose(V, want, atol=1e-10)
+
+
+def test_models_torch_func_cannot_handle_get_one_sentence():
+    for call in (lambda: est(nfk.Classifier(_NumPy())).fit(X),
+                 lambda: nfk.fisher_vectors(nfk.Classifier(_NumPy()), X)):
         with pytest.raises(NFKError) as info:
             call()
         msg = str(info.value)
-        assert "torch.func cannot differentiate it per example" in msg and ".item()" in msg
+        assert "torch.func cannot differentiate it per example" in msg and "'<root>' (_NumPy)" in msg
         assert one_sentence(msg), msg
 
 
