@@ -61,9 +61,7 @@ class FisherVectorProducts:
         self.tick = tick
         self.acc_dtype = accumulation_dtype(op.dtype)
         self.scale = fisher.scale.to(op.device, self.acc_dtype)
-        # a fresh copy: tensors read back from a checkpoint may be unaligned, and unaligned vectors take
-        # other SIMD paths (sums rounded differently, so a resumed fit would not be bitwise the same)
-        self.mean = fisher.mean.to(op.device, self.acc_dtype, copy=True)
+        self.mean = fisher.mean.to(op.device, self.acc_dtype)
 
     def matvec(self, U: Tensor) -> Tensor:
         """``V Uᵀ`` for ``U`` of shape (k, P); returns (n_local, k)."""
