@@ -78,3 +78,10 @@ def labels_of(batch: Batch) -> Tensor | None:
     if isinstance(batch, KeyedBatch):
         return batch.as_dict().get(LABELS)
     return batch[1] if len(batch) > 1 else None
+
+
+def with_labels(batch: Batch, labels: Tensor) -> Batch:
+    """The batch with its targets (``labels`` key or second tensor) replaced by ``labels``."""
+    if isinstance(batch, KeyedBatch):
+        return KeyedBatch(batch.keys, (labels if k == LABELS else v for k, v in zip(batch.keys, batch)))
+    return (batch[0], labels, *batch[2:])

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .batch import slice_batch
+from .batch import labels_of, slice_batch, with_labels
 from .data_checks import global_index
 from .datasource import DataSource
 from .errors import NFKError, NFKTypeError
@@ -126,12 +126,13 @@ def check_inputs(op: LogProbOperator, source: DataSource) -> None:
 
 def _limit_labels(op: LogProbOperator, prepared: tuple[Tensor, ...], source: DataSource) -> None:
     """For a classifier scored on given labels, read C off its logits and refuse other labels."""
-    if getattr(op.lik, "score", None) != "label" or len(prepared) < 2:
+    labels = labels_of(prepared)
+    if getattr(op.lik, "score", None) != "label" or labels is None:
         return
     seen: list = []
     handle = op.lik.model.register_forward_hook(lambda module, args, out: seen.append(out))
     try:
-        probe = (prepared[0][:1], torch.zeros_like(prepared[1][:1]), *(t[:1] for t in prepared[2:]))
+        probe = with_labels(slice_batch(prepared, 0, 1), torch.zeros_like(labels[:1]))
         op.log_prob(probe)  # label 0 always exists: only the logits' width is wanted here
     finally:
         handle.remove()
