@@ -2,7 +2,7 @@
 
 Prints samples per second of the whole fit (Fisher passes included) and peak GPU memory.
 ``--tf32`` allows TF32 matmuls/convolutions; ``--dtype bfloat16`` runs the products in bf16 (sums,
-QR and SVD stay in float32, see ``nfk_nb.fisher.accumulation_dtype``). ``--smoke`` shrinks
+QR and SVD stay in float32, see ``LogProbOperator.acc_dtype``). ``--smoke`` shrinks
 everything (width 8, N=64, rank 4) so the script can be checked on a CPU in seconds.
 
 Run: ``python -m benchmarks.gpu_resnet`` on a CUDA machine; ``python -m benchmarks.gpu_resnet --smoke``
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
            "peak MB": m.peak_mb, "top S": float(est.singular_values_[0])}
     print_table("ResNet-18 LowRankNFK fit", [row], tuple(row))
     assert E.shape == (args.n, args.rank) and bool(torch.isfinite(E).all()), "bad embedding"
-    print(f"done in {time.perf_counter() - t0:.1f} s; strategies chosen: {est._op.choices}")
+    print(f"done in {time.perf_counter() - t0:.1f} s; strategies chosen: {est.operator.choices}")
     return row
 
 

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                  "share": 1 - sum(spent.values()) / total})
     rows.append({"stage": "whole fit", "cpu s": total, "share": 1.0})
     print(f"\n## profile of LowRankNFK(rank={args.rank}, power_iters={args.power_iters}) on digits")
-    print(f"machine: {machine()}; strategies chosen: {est._op.choices}")
+    print(f"machine: {machine()}; strategies chosen: {est.operator.choices}")
     print_table("time per stage", rows, ("stage", "cpu s", "share"))
     return rows
 

@@ -17,14 +17,17 @@ same result up to rounding.
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torch import Tensor
 
+from .distributed import Reducer, same_on_all_ranks
 from .errors import NFKError
-from .serialization import load_state, remove_stale_temporaries, save_state, tensors_checksum
+from .serialization import jsonable, load_state, remove_stale_temporaries, save_state, tensors_checksum
 
 FORMAT = "nfk_nb.checkpoint"
 
@@ -79,6 +82,52 @@ def _describe_difference(saved: dict[str, Any], now: dict[str, Any]) -> str:
     return "; ".join(unique[:3]) + ("; ..." if len(unique) > 3 else "")
 
 
+@dataclass
+class FitState:
+    """What a checkpoint holds: the Fisher stage (``m``, diagonal, ``trace K``) and the sketch's progress."""
+
+    fisher_mean: Tensor | None = None
+    fisher_diag: Tensor | None = None
+    n_reference: int = 0
+    trace: float | None = None
+    sketch_passes: int = 0
+    sketch: Tensor | None = None
+
+    @property
+    def has_fisher(self) -> bool:
+        return self.fisher_mean is not None
+
+    @property
+    def stage(self) -> int:
+        """How far the fit got: 1 after the Fisher pass, +1 with the trace, +1 per sketch pass."""
+        return 1 + (self.trace is not None) + self.sketch_passes
+
+
+def fit_identity(params: dict[str, Any], lik: Any, op: Any, source: Any, n_total: int,
+                 reducer: Reducer) -> dict[str, Any]:
+    """Everything that changes a fit's numbers (see the module docstring), as JSON would return it.
+
+    ``params`` are the estimator's settings; those that do not change the saved state (the
+    likelihood object, progress, device, whiten) are left out.
+    """
+    skip = ("lik", "progress", "device", "whiten")
+    user_fn = getattr(lik, "_user_log_prob", None) or type(lik)
+    identity: dict[str, Any] = {
+        "params": {k: jsonable(v) for k, v in params.items() if k not in skip},
+        "likelihood": lik.describe(),
+        "log_prob": f"{getattr(user_fn, '__module__', '?')}.{getattr(user_fn, '__qualname__', '?')}",
+        "model": op.space.fingerprint(),
+        "weights": tensors_digest({**op.theta, **op.frozen}),
+        "compute_dtype": str(op.dtype),
+        "n_samples": n_total,
+        "data": tensors_digest(list(source.first())),
+    }
+    if reducer.world_size > 1:
+        identity["n_local"] = source.n
+        identity["world"] = [int(reducer.rank), reducer.world_size]
+    return json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
+
+
 class FitCheckpoint:
     """One fit's checkpoint file.
 
@@ -95,11 +144,11 @@ class FitCheckpoint:
     def __init__(self, path: str | os.PathLike, identity: dict[str, Any], rank: int = 0,
                  world_size: int = 1) -> None:
         path = Path(path)
-        self.path = path if world_size == 1 else path.with_name(f"{path.name}.rank{rank}")
         self.identity = identity
+        self.path = path if world_size == 1 else path.with_name(f"{path.name}.rank{rank}")
 
-    def load(self) -> tuple[dict[str, Tensor], dict[str, Any]] | None:
-        """The saved state ``(tensors, info)``, or ``None`` when there is no checkpoint yet.
+    def load(self) -> FitState | None:
+        """The saved state, or ``None`` when there is no checkpoint yet.
 
         Raises
         ------
@@ -119,7 +168,34 @@ class FitCheckpoint:
         info = meta.get("state")
         if not isinstance(info, dict):
             raise NFKError(f"The checkpoint {str(self.path)!r} has no fit state: it was altered.")
-        return {k: v.clone() for k, v in tensors.items()}, info
+        # fresh (aligned) copies: tensors read in place from the file sit at an offset set by the header
+        # length, and a misaligned vector changes SIMD summation order, so a resumed fit would differ
+        # from an uninterrupted one in the last bits
+        tensors = {k: v.clone() for k, v in tensors.items()}
+        try:
+            return FitState(tensors.get("fisher_mean"), tensors.get("fisher_diag"), int(info["n_reference"]),
+                            info.get("trace"), int(info.get("sketch_passes", 0)), tensors.get("sketch"))
+        except (KeyError, TypeError, ValueError):
+            raise NFKError(f"The checkpoint {str(self.path)!r} has no valid fit state: it was "
+                           f"altered.") from None
+
+    def resume(self, reducer: Reducer) -> FitState | None:
+        """:meth:`load`, agreed across processes: ranks a kill stopped one stage apart start over together
+        (resuming apart would pair the wrong collectives)."""
+        state = self.load()
+        if reducer.world_size > 1 and not same_on_all_ranks(reducer, -1 if state is None else state.stage):
+            return None
+        return state
+
+    def save_fisher(self, fisher: Any, trace: float | None) -> None:
+        """Save the Fisher stage: ``m``, the diagonal and (when known) ``trace K``."""
+        self.save({"fisher_mean": fisher.mean, "fisher_diag": fisher.diag},
+                  {"n_reference": fisher.n_reference, "trace": trace, "sketch_passes": 0})
+
+    def save_sketch(self, fisher: Any, trace: float | None, passes: int, sketch: Tensor) -> None:
+        """Save the state after ``passes`` finished sketch passes, whose latest matrix is ``sketch``."""
+        self.save({"fisher_mean": fisher.mean, "fisher_diag": fisher.diag, "sketch": sketch},
+                  {"n_reference": fisher.n_reference, "trace": trace, "sketch_passes": passes})
 
     def save(self, tensors: dict[str, Tensor], info: dict[str, Any]) -> None:
         """Atomically replace the checkpoint with this state."""

@@ -15,10 +15,6 @@ from typing import Any
 from .lowrank import LowRankNFK
 
 
-def _fitted(est: LowRankNFK) -> bool:
-    return hasattr(est, "components_")
-
-
 def fit_facts(est: LowRankNFK) -> list[tuple[str, str]]:
     """(label, value) rows that summarise a fitted estimator."""
     ev = est.explained_variance_ratio_
@@ -42,7 +38,7 @@ def fit_facts(est: LowRankNFK) -> list[tuple[str, str]]:
 
 def fit_summary_text(est: LowRankNFK, *_: Any) -> str:
     """One line: rank, explained variance, time and device (``text/plain``)."""
-    if not _fitted(est):
+    if not est.is_fitted():
         return f"LowRankNFK(rank={est.rank}, fisher={est.fisher!r}) (not fitted)"
     ev = float(est.explained_variance_ratio_.sum())
     return (
@@ -69,7 +65,7 @@ def _pretty_fit(est: LowRankNFK, p: Any, cycle: bool) -> None:
 
 def fit_summary_html(est: LowRankNFK) -> str | None:
     """HTML summary of a fitted estimator; ``None`` (scikit-learn's own display) when unfitted."""
-    if not _fitted(est):
+    if not est.is_fitted():
         return None
     return html_table("Low-rank Neural Fisher Kernel", fit_facts(est))
 

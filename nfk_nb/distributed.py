@@ -15,14 +15,11 @@ Checkpoints are per rank (``path.rank{r}``), and ranks that stopped at different
 together. :data:`COMM_STATS` counts the values each process moved.
 
 Every method of a reducer is a collective: all ranks call it, in the same order. Backends: gloo
-for CPU tensors, NCCL for CUDA (tensors are moved to the backend's device and back). Launchers live
-in ``nfk_nb.launch``.
+for CPU tensors, NCCL for CUDA (tensors are moved to the backend's device and back). Joining a process
+group lives in ``nfk_nb.process_group``, launchers in ``nfk_nb.launch``.
 """
 
 from __future__ import annotations
-
-import os
-from datetime import timedelta
 
 import torch
 from torch import Tensor
@@ -145,72 +142,7 @@ def get_reducer() -> Reducer:
     return Reducer()
 
 
-# -- helpers shared by the launchers and the estimator ----------------------------------------------
-
-
 def same_on_all_ranks(reducer: Reducer, value: int) -> bool:
     """Whether every rank passed the same integer (a collective: ``Σv² · W == (Σv)²`` iff all equal)."""
     s = reducer.sum(torch.tensor([float(value), float(value) ** 2], dtype=torch.float64))
     return bool(s[0] ** 2 == reducer.world_size * s[1])
-
-
-def shard_bounds(n: int, world_size: int, rank: int) -> tuple[int, int]:
-    """Rows ``[lo, hi)`` of an even contiguous split of ``n`` rows (the first ``n % world_size``
-    ranks get one more), so concatenating the shards in rank order gives back the data."""
-    base, extra = divmod(int(n), int(world_size))
-    lo = rank * base + min(rank, extra)
-    return lo, lo + base + (1 if rank < extra else 0)
-
-
-def shard_sizes(n: int, world_size: int) -> list[int]:
-    """Sizes of the shards of :func:`shard_bounds`, in rank order."""
-    return [hi - lo for lo, hi in (shard_bounds(n, world_size, r) for r in range(world_size))]
-
-
-def default_backend(device: torch.device | str | None = None) -> str:
-    """``"nccl"`` for CUDA devices (when NCCL is built in), else ``"gloo"``."""
-    import torch.distributed as dist
-
-    dev = torch.device(device) if device is not None else None
-    if dev is not None and dev.type == "cuda" and dist.is_nccl_available():
-        return "nccl"
-    return "gloo"
-
-
-def env_rank_info() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from torchrun's variables, else SLURM's, else ``(0, 1, 0)``."""
-    env = os.environ
-    if "RANK" in env and "WORLD_SIZE" in env:
-        return int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0))
-    if "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
-        return int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0))
-    return 0, 1, 0
-
-
-def init_from_env(device: str | torch.device | None = None, timeout_s: float = 600.0) -> torch.device:
-    """Join the process group described by the environment; returns this process's device.
-
-    torchrun sets ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``;
-    under ``srun`` without torchrun the ``SLURM_*`` variables are used (``MASTER_ADDR`` and
-    ``MASTER_PORT`` must then be exported by the batch script). One GPU per process:
-    ``cuda:LOCAL_RANK`` when CUDA is present (NCCL), else the CPU (gloo). A world of one process
-    initialises nothing. ``timeout_s`` bounds every collective, so a lost peer ends the job.
-    """
-    import torch.distributed as dist
-
-    rank, world, local_rank = env_rank_info()
-    if device is None:
-        dev = torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
-    else:
-        dev = torch.device(device)
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", local_rank)
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", "29500")
-        dist.init_process_group(
-            default_backend(dev), rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s)
-        )
-    return dev

@@ -16,7 +16,7 @@ from torch import Tensor
 from ._modes import eval_mode
 from .datasource import DataSource, as_source
 from .errors import NFKError, NFKMemoryError
-from .fisher import DEFAULT_DAMPING, FisherEstimate, accumulation_dtype, estimate_fisher
+from .fisher import DEFAULT_DAMPING, FisherEstimate, estimate_fisher
 from .functional import LogProbOperator, compute_dtype, default_device
 from .layerwise import make_operator
 from .likelihoods import Likelihood
@@ -66,7 +66,7 @@ def _fisher(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: st
 
 
 def _vectors(op: LogProbOperator, source: DataSource, est: FisherEstimate) -> Tensor:
-    acc = accumulation_dtype(op.dtype)
+    acc = op.acc_dtype
     mean = est.mean.to(acc)
     rows = [est.whiten_(op.per_example_grads(op.to_batch(b)).to(acc) - mean, op.space) for b in source]
     return torch.cat(rows)
@@ -99,7 +99,7 @@ def fisher_vectors(
     """
     source = as_source(X, batch_size)
     op = _setup(lik, device, dtype)
-    check_memory(source.n * op.P, accumulation_dtype(op.dtype), op.device, "Fisher vectors",
+    check_memory(source.n * op.P, op.acc_dtype, op.device, "Fisher vectors",
                  max_memory)
     with eval_mode(lik.model):
         check_source(op, source)
@@ -128,7 +128,7 @@ def fisher_kernel(
     source = as_source(X, batch_size)
     other = source if Z is None else as_source(Z, batch_size)
     op = _setup(lik, device, dtype)
-    acc = accumulation_dtype(op.dtype)
+    acc = op.acc_dtype
     m = other.n
     check_memory((source.n + (0 if Z is None else m)) * op.P + source.n * m, acc, op.device,
                  "Fisher kernel", max_memory)

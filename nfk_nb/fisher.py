@@ -30,35 +30,7 @@ from .distributed import Reducer
 from .errors import NFKError
 from .functional import LogProbOperator
 from .likelihoods import Batch
-
-FISHER_KINDS = ("diagonal", "identity", "kfac")
-# Relative damping λ in I + λ·mean(I). Measured (benchmarks/damping_study.py; GAN discriminator on
-# digits, rank-16 linear probe, 3 seeds): 0 -> 0.248, 1e-4 -> 0.850, 1e-3 -> 0.903, 1e-2 -> 0.929
-# (smallest spread, ±0.001), 1e-1 -> 0.942, identity -> 0.950; the MLP classifier scores 0.968 at
-# every setting. 1e-2 keeps Fisher weighting for every coordinate with at least 1% of the mean
-# information while no longer letting near-zero-information coordinates dominate.
-DEFAULT_DAMPING = 1e-2
-
-
-# Beyond this relative damping the Fisher diagonal is lost in it (a scaled gradient kernel) and
-# Fisher vectors underflow towards zero: fisher="identity" is what such a setting means.
-MAX_DAMPING = 1e6
-
-
-def check_fisher(kind: str, damping: float) -> None:
-    if kind not in FISHER_KINDS:
-        raise NFKError(f"fisher={kind!r} is not one of 'diagonal', 'identity', 'kfac'.")
-    if not (0.0 <= float(damping) <= MAX_DAMPING):
-        raise NFKError(
-            f"damping must be a non-negative number at most {MAX_DAMPING:g}, got {damping}; a larger "
-            f"one drowns the Fisher information and shrinks every Fisher vector towards zero (use "
-            f"fisher='identity' for the plain gradient kernel)."
-        )
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Sums, QR and SVD run in at least float32, and in float64 for float64 models."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .options import DEFAULT_DAMPING, FISHER_KINDS, MAX_DAMPING, check_fisher  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -187,7 +159,7 @@ def estimate_fisher(
     """
     check_fisher(kind, damping)
     reducer = reducer or Reducer()
-    acc_dtype = accumulation_dtype(op.dtype)
+    acc_dtype = op.acc_dtype
     mean = torch.zeros(op.P, dtype=acc_dtype, device=op.device)
     if centered:
         total, n = score_moment(op, reference(), None, 1, reducer, tick)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .datasource import DataSource
-from .fisher import FisherEstimate, accumulation_dtype
+from .fisher import FisherEstimate
 from .layers import Layer
 from .layerwise import LayerwiseOperator
 
@@ -67,7 +67,7 @@ def _roots(est: FisherEstimate, layer: Layer) -> tuple[Tensor, Tensor] | None:
 
 def _features(op: LayerwiseOperator, source: DataSource, est: FisherEstimate,
               had: list[Layer]) -> _Features:
-    acc = accumulation_dtype(op.dtype)
+    acc = op.acc_dtype
     mean, scale = est.mean.to(op.device, acc), est.scale.to(op.device, acc)
     index = {id(layer): i for i, layer in enumerate(op.layers)}
     others = [layer for layer in op.layers if layer not in had]
@@ -152,7 +152,7 @@ def layerwise_kernel(op: LayerwiseOperator, source: DataSource, other: DataSourc
 
 
 def _mean_norm(op: LayerwiseOperator, est: FisherEstimate, layer: Layer) -> Tensor:
-    acc = accumulation_dtype(op.dtype)
+    acc = op.acc_dtype
     M = _blocks(est, op, est.mean.to(op.device, acc), layer)
     r = _roots(est, layer)
     if r is not None:

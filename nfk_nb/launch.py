@@ -9,8 +9,8 @@ From a notebook (one machine, N local processes)::
     E = nfk_nb.launch.fit_workers(est, X, workers=2)      # or  %nfk fit ... --workers 2
     est.transform(X_test)                                  # the fitted state is copied back
 
-From the command line, with a Python file that defines ``likelihood`` (or ``model`` and ``kind``)
-and ``data`` (or ``shard(rank, world_size)``)::
+From the command line (``nfk_nb.fit_command``), with a Python file that defines ``likelihood`` (or
+``model`` and ``kind``) and ``data`` (or ``shard(rank, world_size)``)::
 
     torchrun --standalone --nproc-per-node=4 -m nfk_nb fit script.py --rank 64 --out run/
     nfk-nb fit script.py --workers 4 --out run/           # the same, without torchrun
@@ -50,13 +50,11 @@ stops the others as soon as one fails and re-raises the first error in the calle
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import multiprocessing as mp
 import os
 import pickle
-import runpy
 import shutil
 import socket
 import sys
@@ -64,7 +62,6 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from datetime import timedelta
 from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
@@ -74,9 +71,9 @@ from torch import Tensor
 from torch.utils.data import Dataset, Subset
 
 from .data_checks import shard_offset
-from .distributed import get_reducer, init_from_env, shard_bounds
 from .errors import NFKError, NFKTypeError
 from .orphans import Janitor, die_with_parent
+from .process_group import init_process_group, shard_bounds
 
 DEFAULT_TIMEOUT_S = 1800.0  # per collective: one data pass may take long on a CPU
 
@@ -177,8 +174,7 @@ def _worker_main(
         torch.set_num_threads(threads)
         if device == "cuda":
             torch.cuda.set_device(rank)
-        dist.init_process_group("nccl" if device == "cuda" else "gloo", rank=rank, world_size=world,
-                                timeout=timedelta(seconds=timeout_s))
+        init_process_group(device, rank, world, timeout_s)
         progress = _PipeBarFactory(bar_conn) if bar_conn is not None else False
         result = fn(rank, world, progress, *args)
         dist.barrier()
@@ -393,20 +389,12 @@ def _split(X: Any, y: Any, workers: int) -> tuple[list[Any], int]:
     return shards, n
 
 
-def fitted_state(est: Any) -> dict[str, Any]:
-    """The fitted attributes of an estimator (public names ending in ``_``), by name."""
-    return {k: v for k, v in vars(est).items() if k.endswith("_") and not k.startswith("_")}
-
-
 def _fit_shard(rank: int, world: int, progress: Any, est: Any, shard: Any,
                first_row: int = 0) -> tuple[Tensor, dict | None]:
-    est.progress = progress
+    est.set_params(progress=progress)
     with shard_offset(first_row):  # errors name the example's row in the whole data set
         E = est.fit_transform(shard)
-    state = fitted_state(est) if rank == 0 else None
-    if state is not None:
-        state.pop("embedding_", None)
-    return E, state
+    return E, (est.state_dict() if rank == 0 else None)
 
 
 def fit_workers(est: Any, X: Any, y: Any = None, workers: int = 2, timeout: float | None = None) -> Tensor:
@@ -450,170 +438,12 @@ def fit_workers(est: Any, X: Any, y: Any = None, workers: int = 2, timeout: floa
         use_cuda = torch.cuda.is_available() and torch.cuda.device_count() >= workers
     else:
         use_cuda = dev.type == "cuda"
-    worker_est = copy.copy(est)
-    worker_est._op = None
+    worker_est = copy.copy(est)  # without its operator: each worker builds its own
     if use_cuda:
-        worker_est.device = None  # each worker's current device is cuda:rank
+        worker_est.set_params(device=None)  # each worker's current device is cuda:rank
     starts = [shard_bounds(n, workers, r)[0] for r in range(workers)]
     results = run_workers(_fit_shard, [(worker_est, s, lo) for s, lo in zip(shards, starts)],
                           device="cuda" if use_cuda else "cpu", timeout=timeout, progress=est.progress)
     embedding = torch.cat([E for E, _ in results])
-    state = results[0][1]
-    for name, value in state.items():
-        setattr(est, name, value)
-    est.embedding_ = embedding
-    est._op = None
+    est.load_state_dict({**results[0][1], "embedding": embedding})
     return embedding
-
-
-# -- the ``nfk-nb fit`` command ---------------------------------------------------------------------
-
-
-ESTIMATOR_ARGS = ("rank", "fisher", "damping", "power_iters", "oversample", "batch_size", "seed",
-                  "whiten", "chunk_size")
-
-
-def add_fit_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``nfk-nb fit``."""
-    parser.description = ("Fit a low-rank NFK from a Python file that defines `likelihood` (or `model` "
-                          "and `kind`) and `data` (or `shard(rank, world_size)`); run it under torchrun "
-                          "for several processes, or pass --workers N.")
-    parser.add_argument("script", help="Python file defining the likelihood and the data.")
-    parser.add_argument("--rank", type=int, help="embedding dimension k (default: the estimator's, 64)")
-    parser.add_argument("--fisher", choices=("diagonal", "identity"), help="Fisher information estimate")
-    parser.add_argument("--damping", type=float, help="relative damping of the diagonal Fisher")
-    parser.add_argument("--power-iters", dest="power_iters", type=int, help="power iterations q")
-    parser.add_argument("--oversample", type=int, help="extra sketch columns p")
-    parser.add_argument("--batch-size", dest="batch_size", type=int, help="examples per batch")
-    parser.add_argument("--seed", type=int, help="seed of the random test matrix and sampler draws")
-    parser.add_argument("--whiten", action="store_true", default=None, help="divide by singular values")
-    parser.add_argument("--chunk-size", dest="chunk_size", type=int, help="vmap chunk over sketch columns")
-    parser.add_argument("--dtype", choices=("float32", "float64"), help="compute dtype (default: model's)")
-    parser.add_argument("--device", help="device (default: cuda:LOCAL_RANK when CUDA is present, else cpu)")
-    parser.add_argument("--out", default="nfk_fit", help="output folder (default: ./nfk_fit)")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="start this many local processes instead of running under torchrun")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_S,
-                        help="seconds any collective may wait for a peer before the job fails")
-    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-
-
-def _likelihood(ns: dict[str, Any], script: str) -> Any:
-    from . import likelihoods
-
-    if "likelihood" in ns:
-        return ns["likelihood"]
-    if "model" in ns:
-        kind = ns.get("kind", "classifier")
-        if kind == "classifier":
-            return likelihoods.Classifier(ns["model"], score=ns.get("score", "joint"),
-                                          sampler=ns.get("sampler"))
-        if kind == "energy":
-            return likelihoods.EnergyModel(ns["model"], sampler=ns.get("sampler"),
-                                           n_samples=ns.get("n_samples", 1024))
-        if kind == "regressor":
-            return likelihoods.Regressor(ns["model"], sigma=ns.get("sigma", 1.0))
-        raise NFKError(f"kind={kind!r} in {script} is not one of 'classifier', 'energy', 'regressor'; "
-                       f"define `likelihood` for other families.")
-    raise NFKError(f"{script} defines neither `likelihood` nor `model`.")
-
-
-def _build(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
-    from .lowrank import LowRankNFK
-
-    script = str(args.script)
-    if not os.path.isfile(script):
-        raise NFKError(f"No script at {script!r}.")
-    ns = runpy.run_path(script, run_name="__nfk_fit__")
-    est = ns.get("estimator")
-    if est is None:
-        est = LowRankNFK(_likelihood(ns, script))
-    given = {k: getattr(args, k) for k in ESTIMATOR_ARGS if getattr(args, k, None) is not None}
-    if args.dtype is not None:
-        given["dtype"] = getattr(torch, args.dtype)
-    if args.device is not None:
-        given["device"] = args.device
-    est.set_params(progress=args.progress, **given)
-    if "data" not in ns and "shard" not in ns:
-        raise NFKError(f"{script} defines neither `data` nor `shard(rank, world_size)`.")
-    return est, ns
-
-
-def _check_same_model(est: Any, reducer: Any) -> None:
-    """Every rank must hold the same θ (same seed or checkpoint); compare sums of values."""
-    named = dict(est.lik.model.named_parameters())
-    stats = torch.tensor([[float(named[n].detach().double().sum()), float(named[n].detach().double().norm())]
-                          for n in est.lik.param_names], dtype=torch.float64).reshape(1, -1)
-    every = reducer.gather_rows(stats)
-    differ = [r for r in range(len(every)) if not torch.equal(every[r], every[0])]
-    if differ:
-        raise NFKError(f"The model's parameters on rank {differ[0]} differ from rank 0's; build the model "
-                       f"deterministically in the script (seed it, or load a checkpoint).")
-
-
-def _write_outputs(out: Path, est: Any, embedding: Tensor, world: int) -> None:
-    from safetensors.torch import save
-
-    from .serialization import atomic_write_bytes
-
-    out.mkdir(parents=True, exist_ok=True)
-    meta = {"n": str(len(embedding)), "k": str(embedding.shape[1]), "world_size": str(world)}
-    atomic_write_bytes(out / "embedding.safetensors",
-                       save({"embedding": embedding.contiguous()}, metadata=meta))
-    est.embedding_ = embedding  # the saved estimator holds every row, like a single-process fit
-    est.save(out / "estimator.safetensors")
-
-
-def _fit_distributed(args: argparse.Namespace) -> int:
-    import torch.distributed as dist
-
-    init_from_env(args.device, args.timeout)
-    reducer = get_reducer()
-    rank, world = reducer.rank, reducer.world_size
-    est, ns = _build(args)
-    if rank != 0:
-        est.set_params(progress=False)
-    if "shard" in ns:
-        part = ns["shard"](rank, world)
-    else:
-        part = _split(ns["data"], None, world)[0][rank]
-    sizes = reducer.gather_rows(torch.tensor([[len(part)]], dtype=torch.float64)).flatten()
-    if bool((sizes == 0).any()):
-        raise NFKError(f"Shard sizes {sizes.long().tolist()}: every rank needs at least one example.")
-    if world > 1:
-        _check_same_model(est, reducer)
-    with shard_offset(int(sizes[:rank].sum())):
-        E_local = est.fit_transform(part)
-    embedding = reducer.gather_rows(E_local)
-    if rank == 0:
-        _write_outputs(Path(args.out), est, embedding, world)
-        print(f"nfk-nb fit: {len(embedding)} examples x {embedding.shape[1]} dims on {world} process(es) "
-              f"in {est.fit_time_:.1f} s -> {args.out}/ (embedding.safetensors, estimator.safetensors)")
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return 0
-
-
-def _fit_local_workers(args: argparse.Namespace) -> int:
-    est, ns = _build(args)
-    if "data" not in ns:
-        raise NFKError("--workers shards `data` itself; the script must define `data`.")
-    embedding = fit_workers(est, ns["data"], workers=args.workers, timeout=None)
-    _write_outputs(Path(args.out), est, embedding, args.workers)
-    print(f"nfk-nb fit: {len(embedding)} examples x {embedding.shape[1]} dims on {args.workers} "
-          f"worker(s) in {est.fit_time_:.1f} s -> {args.out}/")
-    return 0
-
-
-def fit_command(args: argparse.Namespace) -> int:
-    """Run ``nfk-nb fit``; an ``NFKError`` prints one line (with the rank) and exits with status 1."""
-    from torch.distributed.elastic.multiprocessing.errors import record
-
-    run = _fit_local_workers if args.workers else record(_fit_distributed)
-    try:
-        return run(args)
-    except NFKError as exc:
-        rank = os.environ.get("RANK", "0")
-        print(f"nfk-nb fit (rank {rank}): {exc}", file=sys.stderr, flush=True)
-        return 1

@@ -29,10 +29,9 @@ from torch import Tensor, nn
 from ._modes import restored_modules
 from .batch import Batch, KeyedBatch, labels_of
 from .errors import NFKError, NFKTypeError
+from .options import SCORES
 
 ParamSelector = Union[None, str, Sequence[str], Callable[[str, nn.Parameter], bool]]
-
-SCORES = ("joint", "label", "predicted")
 
 
 def select_parameters(model: nn.Module, params: ParamSelector = None) -> list[str]:

@@ -18,31 +18,9 @@ import torch
 from torch import Tensor
 
 from .distributed import Reducer
-from .fisher import FisherEstimate, accumulation_dtype
+from .fisher import FisherEstimate
 from .functional import LogProbOperator
 from .likelihoods import Batch
-
-# Columns of Ω are drawn this many elements at a time: the draw never holds more than one chunk
-# besides Ω itself (drawing l×P in float64 and casting held 3× Ω's float32 size: 3.55 GB RSS for
-# l = 26, P = 11.2M).
-OMEGA_CHUNK = 1 << 22
-
-
-def gaussian_test_matrix(rows: int, cols: int, seed: int, dtype: torch.dtype,
-                         device: torch.device | str = "cpu") -> Tensor:
-    """A seeded ``rows × cols`` standard Gaussian matrix in ``dtype`` on ``device``, drawn in chunks.
-
-    Drawn in float32 on the CPU generator, chunk by chunk of columns, and copied into the output:
-    the values depend only on the seed and the shape (the same for float32 and float64 fits, on
-    every device and process), and the draw holds one chunk besides the output.
-    """
-    gen = torch.Generator().manual_seed(int(seed))
-    out = torch.empty(rows, cols, dtype=dtype, device=device)
-    step = max(1, OMEGA_CHUNK // max(rows, 1))
-    for start in range(0, cols, step):
-        stop = min(cols, start + step)
-        out[:, start:stop] = torch.randn(rows, stop - start, generator=gen, dtype=torch.float32)
-    return out
 
 
 class FisherVectorProducts:
@@ -59,7 +37,7 @@ class FisherVectorProducts:
         self.op, self.batches, self.fisher = op, batches, fisher
         self.reducer = reducer or Reducer()
         self.tick = tick
-        self.acc_dtype = accumulation_dtype(op.dtype)
+        self.acc_dtype = op.acc_dtype
         self.scale = fisher.scale.to(op.device, self.acc_dtype)
         self.mean = fisher.mean.to(op.device, self.acc_dtype)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import numbers
 import os
 import secrets
 import socket
@@ -41,6 +42,19 @@ def tensors_checksum(tensors: dict[str, Tensor]) -> str:
         h.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-friendly stand-in for a setting (dtypes and other objects become strings)."""
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    if isinstance(value, torch.dtype):
+        return str(value).removeprefix("torch.")
+    return repr(value)
 
 
 def meta_checksum(meta: dict[str, Any]) -> str:
@@ -165,7 +179,8 @@ def save_state(
         save_file(cpu, tmp, metadata={"nfk_nb": json.dumps(header)})
 
 
-def _read(path: Path) -> tuple[dict[str, Tensor], Any]:
+def _read_header(path: Path) -> Any:
+    """The nfk_nb metadata in the safetensors header, without reading the tensors."""
     with open(path, "rb") as f:
         head = f.read(8)
         if len(head) < 8:
@@ -174,9 +189,37 @@ def _read(path: Path) -> tuple[dict[str, Tensor], Any]:
         if header_len > _MAX_HEADER:
             raise ValueError(f"a header of {header_len} bytes")
         header = json.loads(f.read(header_len))
-    meta = json.loads(header["__metadata__"]["nfk_nb"])
+    return json.loads(header["__metadata__"]["nfk_nb"])
+
+
+def _read(path: Path) -> tuple[dict[str, Tensor], Any]:
+    meta = _read_header(path)
     tensors = load_file(path, device="cpu")  # validates the layout; never unpickles
     return tensors, meta
+
+
+def read_meta(
+    path: str | os.PathLike, fmt: str = FORMAT, what: str = "saved NFK estimator"
+) -> dict[str, Any]:
+    """The JSON metadata of a file written by :func:`save_state` (settings, likelihood, ...), cheaply.
+
+    Only the header is read, so checksums are not verified (:func:`load_state` does that).
+
+    Raises
+    ------
+    NFKError
+        The file is missing, unreadable, or not an nfk_nb file of format ``fmt``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise NFKError(f"No {what} at {str(path)!r}.")
+    try:
+        meta = _read_header(path)
+    except (OSError, ValueError, KeyError, TypeError, json.JSONDecodeError):
+        meta = None
+    if not isinstance(meta, dict) or meta.get("format") != fmt:
+        raise NFKError(f"{str(path)!r} is not a {what} written by nfk_nb.")
+    return meta
 
 
 def load_state(

@@ -114,7 +114,7 @@ def test_resume_skips_finished_passes(tmp_path, monkeypatch):
         with pytest.raises(Crash):
             estimator(lik).fit(X, checkpoint=path)
     calls = {"fisher": 0, "jvp": 0}
-    import nfk_nb.lowrank as lowrank
+    import nfk_nb.fitting as lowrank
 
     real_fisher, real_matvec = lowrank.estimate_fisher, lowrank.FisherVectorProducts.matvec
 
@@ -213,7 +213,7 @@ CHILD = BUILD + textwrap.dedent(
     """
     import sys, time
     from safetensors.torch import save_file
-    import nfk_nb.lowrank as lowrank
+    import nfk_nb.fitting as lowrank
 
     mode, ckpt, out = sys.argv[1:4]
     calls = {"fisher": 0}

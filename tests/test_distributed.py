@@ -16,8 +16,9 @@ from safetensors.torch import load_file
 from torch import nn
 
 import nfk_nb as nfk
-from nfk_nb.distributed import Reducer, get_reducer, shard_bounds, shard_sizes
+from nfk_nb.distributed import Reducer, get_reducer
 from nfk_nb.launch import WorkerError, fit_workers, run_workers
+from nfk_nb.process_group import shard_bounds, shard_sizes
 from nfk_nb.serialization import load_state
 
 from .oracle import trained_classifier

@@ -19,7 +19,8 @@ from nfk_nb.consistency import (
 )
 from nfk_nb.datasource import as_source
 from nfk_nb.distributed import Reducer
-from nfk_nb.products import FisherVectorProducts, gaussian_test_matrix
+from nfk_nb.products import FisherVectorProducts
+from nfk_nb.sketch import gaussian_test_matrix
 
 
 def exact64(make_lik, model: nn.Module, X: torch.Tensor) -> torch.Tensor:

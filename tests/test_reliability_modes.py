@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import nfk_nb as nfk
-import nfk_nb.lowrank as lowrank
+import nfk_nb.fitting as fitting
 
 pytestmark = pytest.mark.usefixtures("float64_default")
 
@@ -56,7 +56,7 @@ def test_embedding_does_not_depend_on_batch_size():
 def test_the_batch_size_test_can_fail(monkeypatch):
     """Without eval mode the BatchNorm net is refused (its running statistics would update inside the
     per-example transform), so the test above depends on eval mode."""
-    monkeypatch.setattr(lowrank, "eval_mode", lambda *m: contextlib.nullcontext())
+    monkeypatch.setattr(fitting, "eval_mode", lambda *m: contextlib.nullcontext())
     with pytest.raises(nfk.NFKError, match="cannot differentiate it per example"):
         fit(bn_dropout_net(), inputs(), 7)
 
@@ -79,7 +79,7 @@ def test_the_mode_test_can_fail(monkeypatch):
     net.eval()
     E_eval, _ = fit(net, X, 40)
     torch.testing.assert_close(E_train, E_eval, rtol=0, atol=1e-12)  # eval mode in force: equal
-    monkeypatch.setattr(lowrank, "eval_mode", lambda *m: contextlib.nullcontext())
+    monkeypatch.setattr(fitting, "eval_mode", lambda *m: contextlib.nullcontext())
     net.train()
     E_fault, _ = fit(net, X, 40)
     assert not torch.allclose(E_fault, E_eval, atol=1e-6)

@@ -198,7 +198,7 @@ def test_gpu_saved_file_loads_on_cpu(fitted, tmp_path):
     assert torch.equal(new.transform(X[:4]), est.transform(X[:4]))
     if not torch.cuda.is_available():
         new = nfk.LowRankNFK.load(path, nfk.Classifier(net))  # default device: CPU here
-        assert new._operator().device.type == "cpu"
+        assert new.operator.device.type == "cpu"
 
 
 def test_atomic_write_keeps_old_file_on_failure(saved, monkeypatch):
