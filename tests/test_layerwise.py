@@ -272,7 +272,7 @@ def test_layerwise_fit_equals_the_torch_func_fit():
     lik = nfk.Classifier(net)
     est = nfk.LowRankNFK(lik, rank=4, progress=False, batch_size=16)
     E = est.fit_transform(X)
-    assert isinstance(est._op, LayerwiseOperator)
+    assert isinstance(est.operator, LayerwiseOperator)
     import nfk_nb.lowrank as lowrank
 
     orig = lowrank.make_operator

@@ -94,7 +94,7 @@ def test_healthy_float32_fit_runs_once_without_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error", PrecisionWarning)
         est, E = fit(nfk.Classifier(mlp), X)
-    assert est._operator().dtype == torch.float32
+    assert est.operator.dtype == torch.float32
     f = est.fisher_
     assert cancellation_factor(f.mean, f.diag, f.scale) < 1e3
     assert error_over_optimum(exact64(nfk.Classifier, mlp, X), E) <= 1.05
@@ -105,7 +105,7 @@ def test_check_consistency_catches_inflated_or_wrong_results():
     mlp = nn.Sequential(nn.Linear(5, 12), nn.Tanh(), nn.Linear(12, 3)).double()
     X = torch.randn(20, 5, dtype=torch.float64)
     est, E = fit(nfk.Classifier(mlp), X)
-    op = est._operator()
+    op = est.operator
     source = as_source(X, 256)
     products = FisherVectorProducts(op, lambda: iter(source), est.fisher_)
     Wt, S = est.components_, est.singular_values_
@@ -141,7 +141,7 @@ def test_bf16_model_kernel_is_batch_size_independent():
     grams = []
     for bs in (3, 16):
         est, E = fit(lik, ids, batch_size=bs)
-        assert est._operator().dtype == torch.float32  # products in float32 by default
+        assert est.operator.dtype == torch.float32  # products in float32 by default
         grams.append(E.double() @ E.double().T)
         K = nfk.fisher_kernel(lik, ids, batch_size=bs)
         assert K.dtype == torch.float32
