@@ -184,3 +184,131 @@ def read_cifar10_binary(
     if not flatten:
         X = X.reshape(-1, 3, 32, 32)
     return X, torch.tensor(labels)
+
+
+# -- a generated benchmark that is hard for pixels -----------------------------------------------
+
+def _place(images: Tensor, size: int, scale_px: Tensor, angle: Tensor, centre: Tensor) -> Tensor:
+    """Draw (n, 8, 8) images on (n, size, size) canvases: scaled to ``scale_px`` pixels, rotated by
+    ``angle`` (radians), centred at ``centre`` (normalised canvas coordinates in [-1, 1])."""
+    n = len(images)
+    cos, sin = torch.cos(angle), torch.sin(angle)
+    inv = torch.stack([torch.stack([cos, sin], -1), torch.stack([-sin, cos], -1)], -2)  # R(-angle)
+    A = inv * (size / scale_px).reshape(n, 1, 1)  # canvas -> digit coordinates
+    b = -(A @ centre.unsqueeze(-1))
+    grid = torch.nn.functional.affine_grid(torch.cat([A, b], -1), [n, 1, size, size], align_corners=False)
+    return torch.nn.functional.grid_sample(images.unsqueeze(1), grid, align_corners=False).squeeze(1)
+
+
+def make_cluttered_digits(
+    n_train: int = 1200,
+    n_test: int = 600,
+    *,
+    size: int = 24,
+    scale: tuple[float, float] = (10.0, 14.0),
+    max_rotation: float = 15.0,
+    max_shift: float | None = 3.0,
+    n_clutter: int = 2,
+    clutter_window: int = 3,
+    clutter_contrast: float = 0.5,
+    noise: float = 0.1,
+    seed: int = 0,
+    flatten: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """A benchmark on which raw pixels are weak: scikit-learn digits on a cluttered canvas.
+
+    Each image is one 8×8 digit from scikit-learn's bundled set, resized to a random width in
+    ``scale`` pixels, rotated by a random angle in ±``max_rotation`` degrees and placed at a random
+    position (fully inside) on a ``size``×``size`` canvas; ``n_clutter`` stroke fragments
+    (``clutter_window``×``clutter_window`` crops of other digits, placed and scaled the same way)
+    are drawn over it, then Gaussian pixel noise of standard deviation ``noise`` is added and the
+    result clipped to [0, 1]. Translation destroys the pixel alignment that makes digits easy for a
+    linear model, and the fragments look like parts of digits. At the defaults a logistic-regression
+    probe on the raw pixels scores about 0.3 (notebook 10), against 0.96 on the plain digits.
+
+    The 1,797 source digits are first split by a seeded permutation into 1,200 training and 597
+    test sources, so no test image shares its digit (or a clutter fragment) with a training image;
+    each split's images draw their sources from that split (cycling through it when more images than
+    sources are asked for). Everything depends only on ``seed``; the global RNG is untouched.
+
+    Parameters
+    ----------
+    n_train, n_test : int
+        Number of generated training and test images.
+    size : int
+        Canvas side in pixels.
+    scale : (float, float)
+        Range of the digit's rendered width in pixels (the 8×8 digit is resampled bilinearly).
+    max_rotation : float
+        Largest absolute rotation, in degrees.
+    n_clutter : int
+        Fragments of other digits per image.
+    clutter_window : int
+        Side of the square crop (in source pixels, of 8) that makes a fragment.
+    clutter_contrast : float
+        Intensity of the fragments relative to the digit (1: as dark as the digit's strokes).
+    noise : float
+        Standard deviation of the additive Gaussian pixel noise.
+    seed : int
+        Seed of the split and of every random draw.
+    flatten : bool
+        Return images as (n, size²), else (n, 1, size, size).
+    dtype : torch.dtype
+
+    Returns
+    -------
+    X_train, y_train, X_test, y_test : Tensor
+        Images in [0, 1]; integer labels 0..9 of the centre digit.
+    """
+    from sklearn.datasets import load_digits as _load
+
+    if n_train < 1 or n_test < 1:
+        raise NFKError(f"n_train and n_test must be at least 1, got {n_train} and {n_test}.")
+    lo, hi = float(scale[0]), float(scale[1])
+    if not 0 < lo <= hi <= size:
+        raise NFKError(f"scale must be a range (lo, hi) with 0 < lo <= hi <= size={size}, got {scale}.")
+    if not 1 <= clutter_window <= 8 or n_clutter < 0 or noise < 0 or max_rotation < 0:
+        raise NFKError("clutter_window must be in 1..8, and n_clutter, noise, max_rotation non-negative.")
+    bunch = _load()
+    digits = torch.tensor(bunch.data / 16.0, dtype=torch.float64).reshape(-1, 8, 8)
+    labels = torch.tensor(bunch.target, dtype=torch.long)
+    gen = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(digits), generator=gen)
+    splits = {"train": perm[597:], "test": perm[:597]}
+
+    def render(sources: Tensor, n: int) -> tuple[Tensor, Tensor]:
+        order = sources[torch.randperm(len(sources), generator=gen)]
+        idx = order[torch.arange(n) % len(order)]
+
+        def draw(images: Tensor, shift: float | None) -> Tensor:
+            m = len(images)
+            px = lo + (hi - lo) * torch.rand(m, generator=gen, dtype=torch.float64)
+            degrees = (2 * torch.rand(m, generator=gen, dtype=torch.float64) - 1) * max_rotation
+            angle = degrees * torch.pi / 180
+            # keep the rotated digit's bounding box inside the canvas
+            half = px * (angle.cos().abs() + angle.sin().abs()) / 2
+            room = ((size / 2 - half) / (size / 2)).clamp(min=0)
+            if shift is not None:
+                room = room.clamp(max=shift / (size / 2))
+            room = room.unsqueeze(-1)
+            centre = (2 * torch.rand(m, 2, generator=gen, dtype=torch.float64) - 1) * room
+            return _place(images, size, px, angle, centre)
+
+        canvas = draw(digits[idx], max_shift)
+        if n_clutter:
+            other = sources[torch.randint(len(sources), (n * n_clutter,), generator=gen)]
+            frags = torch.zeros(n * n_clutter, 8, 8, dtype=torch.float64)
+            corner = torch.randint(9 - clutter_window, (n * n_clutter, 2), generator=gen)
+            for j, (r, c) in enumerate(corner.tolist()):
+                w = clutter_window
+                frags[j, r : r + w, c : c + w] = digits[other[j], r : r + w, c : c + w]
+            clutter = draw(frags, None).reshape(n, n_clutter, size, size).amax(1) * clutter_contrast
+            canvas = torch.maximum(canvas, clutter)
+        canvas = canvas + noise * torch.randn(canvas.shape, generator=gen, dtype=torch.float64)
+        return canvas.clamp(0, 1), labels[idx]
+
+    X_train, y_train = render(splits["train"], n_train)
+    X_test, y_test = render(splits["test"], n_test)
+    shape = (-1, size * size) if flatten else (-1, 1, size, size)
+    return X_train.reshape(shape).to(dtype), y_train, X_test.reshape(shape).to(dtype), y_test

@@ -240,3 +240,43 @@ def plot_neighbours(images: Any, query_idx: int, neighbour_idx: Sequence[int],
                 spine.set_edgecolor("C3")
                 spine.set_linewidth(2)
     return fig
+
+
+def plot_images(images: Any, labels: Any = None, ncols: int = 8, shape: tuple[int, int] | None = None,
+                title: str | None = None) -> Figure:
+    """A grid of single-channel images, each titled with its label when given.
+
+    Parameters
+    ----------
+    images : (N, H, W) or (N, 1, H, W) tensor or array, or flat (N, H·W) rows with ``shape``
+    labels : (N,) array-like, optional
+    ncols : int
+        Images per row.
+    shape : (H, W), optional
+        Image shape for flat rows.
+    title : str, optional
+    """
+    X = _np(images)
+    if shape is not None:
+        X = X.reshape(len(X), *shape)
+    elif X.ndim == 4 and X.shape[1] == 1:
+        X = X[:, 0]
+    if X.ndim != 3 or len(X) == 0:
+        raise NFKError(f"Cannot show images of shape {_np(images).shape}; pass (N, H, W) or shape=(H, W).")
+    n, ncols = len(X), max(1, min(ncols, len(X)))
+    nrows = -(-n // ncols)
+    fig = Figure(figsize=(1.1 * ncols, 1.25 * nrows + (0.3 if title else 0)), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
+    lab = None if labels is None else _np(labels)
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i >= n:
+            ax.set_visible(False)
+            continue
+        ax.imshow(X[i], cmap="gray_r", vmin=0, vmax=max(1.0, float(X.max())), interpolation="nearest")
+        if lab is not None:
+            ax.set_title(str(lab[i]), fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
