@@ -6,7 +6,8 @@ logit ``(B, 1)`` for :class:`nfk_nb.EnergyModel`; the VAE encoder returns ``(mu,
 decoder Bernoulli logits of the image's shape for :class:`nfk_nb.VAE`. The results reuse
 :class:`~nfk_nb.zoo.gan.GANResult` and :class:`~nfk_nb.zoo.vae.VAEResult`, so
 :func:`~nfk_nb.zoo.gan.penultimate` and :func:`~nfk_nb.zoo.vae.latent_mean` apply unchanged.
-Both train in seconds on a CPU at the defaults (1,200 images of 24×24).
+On 1,200 images of 24×24 (notebook 10), 20 epochs take about 9 s (GAN) and 3 s (VAE, ``width=8``) of
+one CPU core.
 """
 
 from __future__ import annotations
