@@ -225,7 +225,8 @@ def make_cluttered_digits(
     are drawn over it, then Gaussian pixel noise of standard deviation ``noise`` is added and the
     result clipped to [0, 1]. Translation destroys the pixel alignment that makes digits easy for a
     linear model, and the fragments look like parts of digits. At the defaults a logistic-regression
-    probe on the raw pixels scores about 0.3 (notebook 10), against 0.96 on the plain digits.
+    probe on the raw pixels scores 0.18 ± 0.01 and on their best PCA 0.30 ± 0.02 (notebook 10, three
+    seeds), against 0.965 on the plain digits.
 
     The 1,797 source digits are first split by a seeded permutation into 1,200 training and 597
     test sources, so no test image shares its digit (or a clutter fragment) with a training image;
