@@ -3,7 +3,9 @@
 One fit, in passes over the data (each pass is one step, checkpointed when asked):
 
 1. the Fisher estimate on the reference set (:func:`fisher_and_trace`), and ``trace K``;
-2. the sketch of ``V`` (:mod:`nfk_nb.sketch`) on the matrix-free products of :mod:`nfk_nb.products`;
+2. the sketch of ``V`` (:mod:`nfk_nb.sketch`) on the matrix-free products of :mod:`nfk_nb.products`
+   or, for the identity and KFAC metrics where the FLOP model says so, the exact kernel formed layer
+   by layer and its eigenpairs (:mod:`nfk_nb.gram`);
 3. the embedding ``E = V W_k`` of the fit data (one more pass).
 
 Progress counts examples: Fisher passes, the trace pass, ``2q + 2`` sketch passes, the embedding.
@@ -28,6 +30,7 @@ from .distributed import Reducer, get_reducer
 from .errors import NFKError
 from .fisher import FisherEstimate, estimate_fisher, score_moment
 from .functional import LogProbOperator
+from .gram import gram_fit, gram_is_cheaper
 from .guards import check_fit_size, check_trace
 from .kfac import estimate_factors, fisher_trace
 from .likelihoods import Likelihood
@@ -180,8 +183,17 @@ def fit_lowrank(lik: Likelihood, op: LogProbOperator, source: DataSource, params
             products = FisherVectorProducts(op, lambda: iter(source), fisher, reducer, bar.update)
             if state is not None and state.sketch is not None:
                 bar.update(source.n * state.sketch_passes)  # resumed: finished passes count as done
-            Wt, S = sketch_components(products, l, params, reducer, ckpt, state, trace)
-            embedding = products.matvec(Wt)
+            passes = 2 * params["power_iters"] + 2
+            if (params["sketch"] == "power" and ckpt is None and reducer.world_size == 1
+                    and gram_is_cheaper(op, params["fisher"], n_total, l, rank, passes,
+                                        op.to_batch(source.first()))):
+                # identity / KFAC metric: the exact kernel layer by layer, then its eigenpairs (gram.py)
+                Wt, S, embedding = gram_fit(op, source, fisher, products, rank, l, params["power_iters"],
+                                            params["seed"])
+                bar.update(source.n * passes)
+            else:
+                Wt, S = sketch_components(products, l, params, reducer, ckpt, state, trace)
+                embedding = products.matvec(Wt)
             check_finite_rows(embedding, "embedding")
             check_consistency(products, source, Wt, S, embedding, trace, reducer)  # the post-fit seam
         finally:

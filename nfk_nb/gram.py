@@ -26,6 +26,7 @@ from .datasource import DataSource
 from .fisher import FisherEstimate
 from .layers import Layer
 from .layerwise import LayerwiseOperator
+from .likelihoods import Batch
 
 # Elements of the largest temporary of a Hadamard block (rows × columns × T²).
 BLOCK_ELEMENTS = 2**24
@@ -132,7 +133,7 @@ def layerwise_kernel(op: LayerwiseOperator, source: DataSource, other: DataSourc
     had = hadamard_layers(op, est.kind)
     fx = _features(op, source, est, had)
     fz = fx if other is None else _features(op, other, est, had)
-    K = fx.rows @ fz.rows.T
+    K = _gram(fx.rows) if other is None else fx.rows @ fz.rows.T
     for j, layer in enumerate(had):
         ax, dx, az, dz = fx.a[j], fx.d[j], fz.a[j], fz.d[j]
         n_pos = ax.shape[1]
@@ -151,6 +152,16 @@ def layerwise_kernel(op: LayerwiseOperator, source: DataSource, other: DataSourc
     return K
 
 
+def _gram(R: Tensor, step: int = 512) -> Tensor:
+    """``R Rᵀ`` computing only the blocks on and above the diagonal (about half the FLOPs)."""
+    n = len(R)
+    K = R.new_empty(n, n)
+    for s in range(0, n, step):
+        K[s : s + step, s:] = R[s : s + step] @ R[s:].T
+        K[s + step :, s : s + step] = K[s : s + step, s + step :].T
+    return K
+
+
 def _mean_norm(op: LayerwiseOperator, est: FisherEstimate, layer: Layer) -> Tensor:
     acc = op.acc_dtype
     M = _blocks(est, op, est.mean.to(op.device, acc), layer)
@@ -158,3 +169,76 @@ def _mean_norm(op: LayerwiseOperator, est: FisherEstimate, layer: Layer) -> Tens
     if r is not None:
         M = r[1].to(M) @ M @ r[0].to(M)
     return (M * M).sum()
+
+
+# Largest N×N kernel the low-rank fit may form instead of sketching (bytes).
+GRAM_BYTES = 512 * 2**20
+
+
+def _pass_flops(op: LayerwiseOperator, k: int, reuse: float) -> float:
+    """FLOPs per example of one product pass with ``k`` columns (the FLOP model of layerwise.py)."""
+    forward = 2 * op.P * reuse
+    cost = 2 * forward
+    for layer in op.layers:
+        flops = 2 * layer.positions * layer.numel
+        cost += k * flops if op._is_direct(layer, k) else flops + 4 * k * layer.numel
+    if op.rest:
+        cost += 3 * forward + 4 * k * (op.P - sum(layer.numel for layer in op.layers))
+    return cost
+
+
+def gram_is_cheaper(op: LayerwiseOperator, kind: str, n: int, l: int, k: int, passes: int,
+                    batch: Batch) -> bool:
+    """Whether forming K layer-wise beats ``passes`` sketch passes plus the embedding pass.
+
+    Deterministic (shapes only). The Gram route costs ``2·N²·(Σ_hadamard T²(in + out) + P_other)``
+    plus one product pass with ``k`` columns (for the components); it needs the identity or KFAC
+    metric (else no layer is a Hadamard block) and an N×N kernel within ``GRAM_BYTES``.
+    """
+    if not isinstance(op, LayerwiseOperator) or not op.layers or kind not in ("identity", "kfac"):
+        return False
+    item = torch.empty((), dtype=accumulation_dtype(op.dtype)).element_size()
+    if n * n * item > GRAM_BYTES:
+        return False
+    op.probe(batch)
+    if not op.layers:
+        return False
+    reuse = op.weight_reuse(batch)
+    had = hadamard_layers(op, kind)
+    width = sum(layer.positions**2 * (layer.n_in + layer.n_out) for layer in had)
+    width += op.P - sum(layer.numel for layer in had)
+    gram = 2.0 * n * n * width + n * _pass_flops(op, k, reuse)
+    sketch = n * (passes * _pass_flops(op, l, reuse) + _pass_flops(op, k, reuse))
+    return gram < sketch
+
+
+def gram_fit(op: LayerwiseOperator, source: DataSource, fisher: FisherEstimate, products,
+             rank: int, l: int, power_iters: int, seed: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Low-rank NFK from the exact kernel: top-``rank`` eigenpairs of K, then ``W_kᵀ = S⁻¹ U_kᵀ V``.
+
+    The eigenpairs come from subspace iteration on the explicit K (``power_iters + 3`` products
+    with K, each worth two passes over the data of the matrix-free sketch, then Rayleigh–Ritz), so
+    the result is at least as accurate as the sketch with the same ``power_iters``. The embedding
+    of the fit data is ``K U_k S_k⁻¹ = V W_k``, the same map as :meth:`LowRankNFK.transform`.
+
+    Returns
+    -------
+    Wt (k, P), S (k,), embedding (N, k)
+    """
+    K = layerwise_kernel(op, source, None, fisher)
+    gen = torch.Generator().manual_seed(int(seed))
+    Q = torch.randn(len(K), l, generator=gen, dtype=torch.float64).to(K)
+    for _ in range(power_iters + 3):
+        Q = torch.linalg.qr(K @ Q, mode="reduced")[0]
+    evals, U = torch.linalg.eigh(Q.T @ K @ Q)
+    evals, U = evals.flip(0)[:rank], (Q @ U.flip(1))[:, :rank]
+    S = evals.clamp_min(0).sqrt()
+    inv = torch.where(S > 0, 1 / S.clamp_min(1e-300), torch.zeros_like(S))
+    A = U * inv
+    Wt = products.rmatvec(A)  # (k, P) = S⁻¹ U_kᵀ V
+    idx = Wt.abs().argmax(dim=1)
+    signs = torch.sign(Wt[torch.arange(len(Wt)), idx])
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    Wt = (Wt * signs[:, None]).contiguous()
+    embedding = (K @ A) * signs
+    return Wt, S, embedding

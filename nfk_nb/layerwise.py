@@ -230,6 +230,7 @@ class LayerwiseOperator(LogProbOperator):
         return self._grads_vmap(batch, {n: self.theta[n] for n in self.rest})
 
     # -- the FLOP model ---------------------------------------------------------------------------
+
     def _is_direct(self, layer: Layer, k: int) -> bool:
         """Direct products beat forming per-example gradients when ``T·k ≤ T + 2k``."""
         T = layer.positions

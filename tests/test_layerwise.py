@@ -283,3 +283,34 @@ def test_layerwise_fit_equals_the_torch_func_fit():
     finally:
         lowrank.make_operator = orig
     torch.testing.assert_close(E, E_base, rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("kind", ["identity", "kfac"])
+def test_the_gram_route_is_taken_where_cheaper_and_is_oracle_exact(kind, monkeypatch):
+    import nfk_nb.lowrank as lowrank
+
+    calls = []
+    real = lowrank.gram_fit
+    monkeypatch.setattr(lowrank, "gram_fit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    net = mlp()
+    X = _data((6,), n=40)
+    lik = nfk.Classifier(net)
+    K = nfk.fisher_kernel(lik, X, fisher=kind)
+    evals = torch.linalg.eigvalsh(K).flip(0)
+    est = nfk.LowRankNFK(lik, rank=4, fisher=kind, progress=False, batch_size=16)
+    E = est.fit_transform(X)
+    assert calls == [1]  # N² (in + out) per layer is far below the sketch's passes here
+    err = torch.linalg.matrix_norm(K - E @ E.T) / evals[4:].pow(2).sum().sqrt()
+    assert float(err) < 1.0 + 1e-6
+    torch.testing.assert_close(est.transform(X), E, rtol=1e-8, atol=1e-10)
+    assert est.trace_ == pytest.approx(float(K.trace()), rel=1e-10)
+    # the default diagonal metric has no Hadamard blocks: always the sketch
+    nfk.LowRankNFK(lik, rank=4, progress=False, batch_size=16).fit(X)
+    assert calls == [1]
+
+
+def test_symmetric_gram_blocks():
+    from nfk_nb.gram import _gram
+
+    R = torch.randn(37, 5)
+    torch.testing.assert_close(_gram(R, step=8), R @ R.T)
