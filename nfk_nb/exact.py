@@ -15,8 +15,9 @@ from torch import Tensor
 
 from ._modes import eval_mode
 from .datasource import DataSource, as_source
+from .distributed import Reducer
 from .errors import NFKError, NFKMemoryError
-from .fisher import DEFAULT_DAMPING, FisherEstimate, estimate_fisher
+from .fisher import DEFAULT_DAMPING, FisherEstimate, check_fisher, estimate_fisher, score_moment
 from .functional import LogProbOperator, compute_dtype, default_device
 from .layerwise import make_operator
 from .likelihoods import Likelihood
@@ -59,6 +60,14 @@ def _fisher(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: st
             damping: float, seed: int, batch_size: int) -> FisherEstimate:
     if lik.reference == "sampler":
         source = DataSource(lik.draw_reference(seed), batch_size)
+    if fisher == "identity":  # only the partition term is needed, not the second moment
+        check_fisher(fisher, damping)
+        n = source.n
+        mean = torch.zeros(op.P, dtype=op.acc_dtype, device=op.device)
+        if lik.centered:
+            total, n = score_moment(op, iter(source), None, 1, Reducer())
+            mean = (total / n).to(mean)
+        return FisherEstimate(mean, torch.zeros_like(mean), n, fisher, float(damping))
     est, _ = estimate_fisher(
         op, lambda: iter(source), centered=lik.centered, kind=fisher, damping=damping
     )

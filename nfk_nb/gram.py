@@ -197,7 +197,7 @@ def gram_is_cheaper(op: LayerwiseOperator, kind: str, n: int, l: int, k: int, pa
     """
     if not isinstance(op, LayerwiseOperator) or not op.layers or kind not in ("identity", "kfac"):
         return False
-    item = torch.empty((), dtype=accumulation_dtype(op.dtype)).element_size()
+    item = torch.empty((), dtype=op.acc_dtype).element_size()
     if n * n * item > GRAM_BYTES:
         return False
     op.probe(batch)
