@@ -8,7 +8,8 @@ layer with ``g = Σ_t δ_t a_tᵀ`` and a metric that is the identity or a Krone
     K_l(x, z) = Σ_{t,t'} (δ̃_t(x)·δ̃_t'(z)) (ã_t(x)·ã_t'(z)) - c(x) - c(z) + ‖M̃‖²,
     c(x) = Σ_t δ̃_t(x)ᵀ M̃ ã_t(x)
 
-(for ``T = 1``: ``(Δ G⁻¹ Δᵀ) ∘ (X A⁻¹ Xᵀ)``, nngeometry's layer-wise Gram). It costs
+(for ``T = 1``: ``(Δ G⁻¹ Δᵀ) ∘ (X A⁻¹ Xᵀ)``, nngeometry's layer-wise Gram), in float64 (see
+``HADAMARD_DTYPE``). It costs
 ``N·M·T²·(in + out)`` FLOPs against ``N·M·in·out`` for the Gram of per-example gradients, so each
 layer takes the cheaper of the two ("hadamard" when ``T²·(in + out) ≤ in·out``). The diagonal metric,
 the other layers and the parameters outside layers use per-example gradients (whitened, centred),
@@ -30,6 +31,10 @@ from .likelihoods import Batch
 
 # Elements of the largest temporary of a Hadamard block (rows × columns × T²).
 BLOCK_ELEMENTS = 2**24
+# The Hadamard blocks and their centring terms are computed in float64: the expanded centring
+# ⟨g, g'⟩ - c - c' + ‖M̃‖² cancels when the scores barely vary (‖g - m‖ ≪ ‖m‖). In float64 it is exact
+# for the float32-rounded g, whose own error (eps32·‖g‖) is what the formed route has too.
+HADAMARD_DTYPE = torch.float64
 
 
 def hadamard_layers(op: LayerwiseOperator, kind: str) -> list[Layer]:
@@ -79,9 +84,9 @@ def _features(op: LayerwiseOperator, source: DataSource, est: FisherEstimate,
     Mt, roots = [], []
     for layer in had:
         r = _roots(est, layer)
-        M = _blocks(est, op, mean, layer)
+        M = _blocks(est, op, mean.to(HADAMARD_DTYPE), layer)
         if r is not None:
-            Ai, Gi = (x.to(op.device, acc) for x in r)
+            Ai, Gi = (x.to(op.device, HADAMARD_DTYPE) for x in r)
             M = Gi @ M @ Ai
             r = (Ai, Gi)
         Mt.append(M)
@@ -96,8 +101,8 @@ def _features(op: LayerwiseOperator, source: DataSource, est: FisherEstimate,
             cap = op.capture(sub)
             for j, layer in enumerate(had):
                 i = index[id(layer)]
-                a = layer.patches(cap.inputs[i]).to(acc)
-                d = layer.out_grads(cap.grads[i]).to(acc)
+                a = layer.patches(cap.inputs[i]).to(HADAMARD_DTYPE)
+                d = layer.out_grads(cap.grads[i]).to(HADAMARD_DTYPE)
                 if roots[j] is not None:
                     a, d = a @ roots[j][0], d @ roots[j][1]
                 a_all[j].append(a)
@@ -139,16 +144,18 @@ def layerwise_kernel(op: LayerwiseOperator, source: DataSource, other: DataSourc
         n_pos = ax.shape[1]
         step = max(1, BLOCK_ELEMENTS // max(1, len(az) * n_pos * n_pos))
         az2, dz2 = az.reshape(-1, az.shape[2]), dz.reshape(-1, dz.shape[2])
+        mean_norm = _mean_norm(op, est, layer)
         for s in range(0, len(ax), step):
-            a_blk = ax[s : s + step].reshape(-1, ax.shape[2]) @ az2.T
-            a_blk *= dx[s : s + step].reshape(-1, dx.shape[2]) @ dz2.T
+            blk = ax[s : s + step].reshape(-1, ax.shape[2]) @ az2.T
+            blk *= dx[s : s + step].reshape(-1, dx.shape[2]) @ dz2.T
             if n_pos > 1:
-                a_blk = a_blk.view(-1, n_pos, len(az), n_pos).sum((1, 3))
-            K[s : s + step] += a_blk
-        # centring: ⟨g̃(x) - M̃, g̃(z) - M̃⟩ = ⟨g̃(x), g̃(z)⟩ - c(x) - c(z) + ‖M̃‖²
-        K -= fx.c[j][:, None]
-        K -= fz.c[j][None, :]
-        K += _mean_norm(op, est, layer)
+                blk = blk.view(-1, n_pos, len(az), n_pos).sum((1, 3))
+            # centring: ⟨g̃(x) - M̃, g̃(z) - M̃⟩ = ⟨g̃(x), g̃(z)⟩ - c(x) - c(z) + ‖M̃‖², exact in
+            # float64 for the rounded g̃ (so no worse than centring formed gradients; see below)
+            blk -= fx.c[j][s : s + step, None]
+            blk -= fz.c[j][None, :]
+            blk += mean_norm
+            K[s : s + step] += blk.to(K.dtype)
     return K
 
 
@@ -163,8 +170,7 @@ def _gram(R: Tensor, step: int = 512) -> Tensor:
 
 
 def _mean_norm(op: LayerwiseOperator, est: FisherEstimate, layer: Layer) -> Tensor:
-    acc = op.acc_dtype
-    M = _blocks(est, op, est.mean.to(op.device, acc), layer)
+    M = _blocks(est, op, est.mean.to(op.device, HADAMARD_DTYPE), layer)
     r = _roots(est, layer)
     if r is not None:
         M = r[1].to(M) @ M @ r[0].to(M)

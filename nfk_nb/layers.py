@@ -81,7 +81,10 @@ class Layer:
     def join(self, parts: dict[str, Tensor]) -> Tensor:
         """``{weight: (k, ...), bias: (k, out)}`` -> the ``(k, n_out, n_in)`` matrix ``[W b]``."""
         w = parts[self.weight]
-        w = w.reshape(len(w), self.n_out, -1)
+        try:  # a column block of a (k, P) matrix: a view, no copy of k × numel values
+            w = w.view(len(w), self.n_out, -1)
+        except RuntimeError:
+            w = w.reshape(len(w), self.n_out, -1)
         if self.bias is None:
             return w
         return torch.cat([w, parts[self.bias].reshape(len(w), self.n_out, 1)], dim=2)
