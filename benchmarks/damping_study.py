@@ -10,7 +10,8 @@ seed and, for each damping setting, fits ``LowRankNFK(EnergyModel(disc, sampler)
 
 Settings: relative damping ``λ`` in ``I + λ·mean(I)`` for λ in {0, 1e-4, 1e-3, 1e-2, 1e-1, 1}; an
 "absolute 1e-6" setting that mimics AFV's ``√I + 1e-6`` (``λ = (1e-6)² / mean(I)``, i.e. ``I + 1e-12``,
-since ``√(I + ε²) ≈ max(√I, ε)``); and ``fisher="identity"`` (the plain gradient kernel). With
+since ``√(I + ε²) ≈ max(√I, ε)``); ``fisher="identity"`` (the plain gradient kernel); and
+``fisher="kfac"`` at the default relative damping (Kronecker factors per layer, ``nfk_nb.kfac``). With
 ``--classifier`` the same is done for the zoo MLP classifier (``Classifier(net, score="joint")``).
 
 Run::
@@ -46,6 +47,7 @@ def _settings(mean_diag: float) -> list[tuple[str, str, float]]:
     out = [("absolute 1e-6 (AFV)", "diagonal", ABS_EPS**2 / mean_diag)]
     out += [(f"relative {lam:g}", "diagonal", lam) for lam in RELATIVE]
     out.append(("identity", "identity", 0.0))
+    out.append(("kfac (relative 1e-2)", "kfac", 1e-2))
     return out
 
 

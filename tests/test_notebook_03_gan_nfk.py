@@ -39,7 +39,8 @@ def test_nfk_embedding_improves_with_rank_and_is_a_good_representation(records: 
 
 def test_records_are_complete(records: dict) -> None:
     for k in PARAMS["ranks"]:
-        for name in ("probe_nfk", "probe_identity", "probe_pixels_pca", "probe_penultimate_pca"):
-            key = f"{name}_rank{k}" if name in ("probe_nfk", "probe_identity") else f"{name}{k}"
+        for name in ("probe_nfk", "probe_identity", "probe_kfac", "probe_pixels_pca",
+                     "probe_penultimate_pca"):
+            key = f"{name}_rank{k}" if name in ("probe_nfk", "probe_identity", "probe_kfac") else f"{name}{k}"
             assert 0.0 <= records[key] <= 1.0, key
     assert records["damping"] == PARAMS["damping"]
