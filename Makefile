@@ -27,7 +27,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check nfk_nb tests benchmarks
 	$(BIN)/nfk-nb strip --check notebooks/*.ipynb
 
+# The peers of benchmarks/peers.py (pyproject's `bench` extra) without their torchvision requirement;
+# a peer that does not install or import is reported under its table, not fatal.
+BENCH_PEERS := backpack-for-pytorch opacus nngeometry traker einops opt_einsum unfoldNd
+
 bench: $(STAMP)
+	-$(BIN)/python -m pip install --quiet --no-deps -c constraints.txt $(BENCH_PEERS)
 	$(BIN)/python -m benchmarks
 
 strip:

@@ -287,11 +287,11 @@ def test_layerwise_fit_equals_the_torch_func_fit():
 
 @pytest.mark.parametrize("kind", ["identity", "kfac"])
 def test_the_gram_route_is_taken_where_cheaper_and_is_oracle_exact(kind, monkeypatch):
-    import nfk_nb.lowrank as lowrank
+    import nfk_nb.fitting as fitting
 
     calls = []
-    real = lowrank.gram_fit
-    monkeypatch.setattr(lowrank, "gram_fit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = fitting.gram_fit
+    monkeypatch.setattr(fitting, "gram_fit", lambda *a, **k: calls.append(1) or real(*a, **k))
     net = mlp()
     X = _data((6,), n=40)
     lik = nfk.Classifier(net)
