@@ -77,8 +77,7 @@ def _features(op: LayerwiseOperator, source: DataSource, est: FisherEstimate,
     mean, scale = est.mean.to(op.device, acc), est.scale.to(op.device, acc)
     index = {id(layer): i for i, layer in enumerate(op.layers)}
     others = [layer for layer in op.layers if layer not in had]
-    covered = {n for layer in op.layers for n in layer.names}
-    rest = [n for n in op.space.names if n not in covered]
+    rest = list(op.rest)
     mean_parts = op.space.unflatten(mean)
     scale_parts = op.space.unflatten(scale)
     Mt, roots = [], []
@@ -120,11 +119,12 @@ def _features(op: LayerwiseOperator, source: DataSource, est: FisherEstimate,
                 elif est.kind != "identity":
                     g = g * _blocks(est, op, scale, layer)
                 parts.append(g.reshape(len(g), -1))
+            grads = op._norm_grads(cap)
             if rest:
-                grads = op._rest_grads(sub)
-                for n in rest:
-                    g = grads[n].reshape(len(grads[n]), -1).to(acc) - mean_parts[n].reshape(-1)
-                    parts.append(g * scale_parts[n].reshape(-1))
+                grads.update(op._rest_grads(sub))
+            for n in [*(n for norm in op.norms for n in norm.names), *rest]:
+                g = grads[n].reshape(len(grads[n]), -1).to(acc) - mean_parts[n].reshape(-1)
+                parts.append(g * scale_parts[n].reshape(-1))
             width = sum(p.shape[1] for p in parts)
             rows.append(torch.cat(parts, 1) if parts else torch.zeros(len(sub[0]), width, dtype=acc,
                                                                         device=op.device))

@@ -156,17 +156,19 @@ class Captured:
 
 
 @contextlib.contextmanager
-def recording(layers: list[Layer]) -> Iterator[tuple[dict[int, Tensor], dict[int, Tensor]]]:
-    """Forward hooks that keep each layer's input (detached) and output (in the graph)."""
+def recording(layers: list) -> Iterator[tuple[dict[int, Tensor], dict[int, Tensor]]]:
+    """Forward hooks that keep each layer's input (detached; ``x̂`` for a :class:`NormLayer`) and
+    output (in the graph)."""
     inputs: dict[int, Tensor] = {}
     outputs: dict[int, Tensor] = {}
     handles = []
     for i, layer in enumerate(layers):
         layer.calls = 0
 
-        def hook(module: nn.Module, args: tuple, out: Tensor, i: int = i, layer: Layer = layer) -> None:
+        def hook(module: nn.Module, args: tuple, out: Tensor, i: int = i, layer=layer) -> None:
             layer.calls += 1
-            inputs[i] = args[0].detach()
+            x = args[0].detach()
+            inputs[i] = layer.normalised(x) if isinstance(layer, NormLayer) else x
             outputs[i] = out
 
         handles.append(layer.module.register_forward_hook(hook))
@@ -175,3 +177,70 @@ def recording(layers: list[Layer]) -> Iterator[tuple[dict[int, Tensor], dict[int
     finally:
         for h in handles:
             h.remove()
+
+
+NORM_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm)
+
+
+@dataclass(eq=False)
+class NormLayer:
+    """An eval-mode ``nn.BatchNorm1d/2d`` or ``nn.LayerNorm`` with affine parameters in θ.
+
+    ``out = γ ∘ x̂ + β`` with ``x̂`` the normalised input (running statistics for BatchNorm, per-example
+    statistics for LayerNorm, both fixed per example), so the per-example gradients are
+    ``Σ_pos δ ∘ x̂`` for ``γ`` and ``Σ_pos δ`` for ``β``: no ``vmap``, a few elementwise sums.
+    """
+
+    module_name: str
+    module: nn.Module
+    weight: str | None
+    bias: str | None
+    calls: int = field(default=0, repr=False)
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n in (self.weight, self.bias) if n is not None)
+
+    def normalised(self, x: Tensor) -> Tensor:
+        """``x̂`` (called inside the forward, where the module holds the buffers of the call)."""
+        m = self.module
+        if isinstance(m, nn.LayerNorm):
+            return F.layer_norm(x, m.normalized_shape, None, None, m.eps)
+        return F.batch_norm(x, m.running_mean, m.running_var, None, None, False, 0.0, m.eps)
+
+    def grads(self, xhat: Tensor, delta: Tensor) -> dict[str, Tensor]:
+        """Per-example gradients ``{name: (B, numel)}`` from ``x̂`` and ``δ`` (both like the output)."""
+        B = len(delta)
+        if isinstance(self.module, nn.LayerNorm):
+            k = len(self.module.normalized_shape)
+            dims = tuple(range(1, delta.dim() - k))
+        else:
+            dims = tuple(range(2, delta.dim()))
+        def total(t: Tensor) -> Tensor:  # sum(()) would reduce every dimension
+            return (t.sum(dims) if dims else t).reshape(B, -1)
+
+        out = {}
+        if self.weight is not None:
+            out[self.weight] = total(delta * xhat)
+        if self.bias is not None:
+            out[self.bias] = total(delta)
+        return out
+
+
+def find_norms(model: nn.Module, selected: list[str], tied: set[str]) -> list[NormLayer]:
+    """Eval-mode normalisation layers whose affine parameters (some or all) are in θ."""
+    chosen = set(selected)
+    out = []
+    for name, m in model.named_modules():
+        if type(m) not in NORM_TYPES:
+            continue
+        if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d)) and (not m.affine or not m.track_running_stats):
+            continue  # without running statistics examples interact even in eval mode
+        prefix = f"{name}." if name else ""
+        w = prefix + "weight" if getattr(m, "weight", None) is not None else None
+        b = prefix + "bias" if getattr(m, "bias", None) is not None else None
+        w = w if w in chosen and w not in tied else None
+        b = b if b in chosen and b not in tied else None
+        if w is not None or b is not None:
+            out.append(NormLayer(name, m, w, b))
+    return out

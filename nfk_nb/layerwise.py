@@ -31,7 +31,7 @@ from torch import Tensor
 
 from .batch import slice_batch
 from .functional import DENSE_BYTES, LogProbOperator
-from .layers import Captured, Layer, find_layers, recording
+from .layers import Captured, Layer, NormLayer, find_layers, find_norms, recording
 from .likelihoods import Batch, Likelihood
 
 # Captured a and δ kept between passes (bytes); the digits MLP at N=20,000 needs ~170 MB.
@@ -59,6 +59,7 @@ class LayerwiseOperator(LogProbOperator):
         super().__init__(lik, device, dtype, chunk_size, strategy)
         tied = set(self._aliases) | set(self._aliases.values())
         self.layers: list[Layer] = find_layers(lik.model, list(self.space.names), tied)
+        self.norms: list[NormLayer] = find_norms(lik.model, list(self.space.names), tied)
         self._probed = False
         self._step: int | None = None
         self._cache: dict[bytes, Captured] = {}
@@ -66,7 +67,7 @@ class LayerwiseOperator(LogProbOperator):
         self._update_rest()
 
     def _update_rest(self) -> None:
-        covered = {n for layer in self.layers for n in layer.names}
+        covered = {n for layer in [*self.layers, *self.norms] for n in layer.names}
         self.rest = [n for n in self.space.names if n not in covered]
         self._direct = {}
 
@@ -79,9 +80,10 @@ class LayerwiseOperator(LogProbOperator):
         is computed.
         """
         probes: dict[int, Tensor] = {}
-        with recording(self.layers) as (inputs, _), torch.enable_grad():
+        hooked = [*self.layers, *self.norms]
+        with recording(hooked) as (inputs, _), torch.enable_grad():
             handles = []
-            for i, layer in enumerate(self.layers):
+            for i, layer in enumerate(hooked):
                 def add_leaf(module, args, out, i=i):
                     probes[i] = torch.zeros_like(out, requires_grad=True)
                     return out + probes[i]
@@ -91,10 +93,10 @@ class LayerwiseOperator(LogProbOperator):
             finally:
                 for h in handles:
                     h.remove()
-            for layer in self.layers:
+            for layer in hooked:
                 if layer.calls != 1:
                     raise _NotLayerwise(layer)
-            leaves = [probes[i] for i in range(len(self.layers))]
+            leaves = [probes[i] for i in range(len(hooked))]
             grads = torch.autograd.grad(logp.sum(), leaves, allow_unused=True)
         deltas = {i: (g if g is not None else torch.zeros_like(probes[i])) for i, g in enumerate(grads)}
         return Captured(dict(inputs), deltas)
@@ -107,7 +109,7 @@ class LayerwiseOperator(LogProbOperator):
         per-example gradients ``Σ_t δ_t a_tᵀ`` differ from ``vmap(grad)``'s (a weight also used
         elsewhere, examples reordered inside the model, ...).
         """
-        if self._probed or not self.layers:
+        if self._probed or not (self.layers or self.norms):
             self._probed = True
             return
         self._probed = True
@@ -115,17 +117,26 @@ class LayerwiseOperator(LogProbOperator):
         n = len(example[0])
         reference = super()._grads(example)  # the torch.func oracle, on a few examples
         if self._loop_examples:  # not vmappable over examples: every product per example (functional)
-            self.layers = []
+            self.layers, self.norms = [], []
             self._update_rest()
             return
         cap = None
-        while self.layers:
+        while self.layers or self.norms:
             try:
                 cap = self._record(example)
                 break
             except _NotLayerwise as bad:
                 self.layers = [layer for layer in self.layers if layer is not bad.layer]
-        keep, kept_bytes = [], 0
+                self.norms = [layer for layer in self.norms if layer is not bad.layer]
+        norms_kept, kept_bytes = [], 0
+        for j, norm in enumerate(self.norms):
+            i = len(self.layers) + j
+            if len(cap.inputs[i]) == n and len(cap.grads[i]) == n and all(
+                    _close(g, reference[name].reshape(n, -1))
+                    for name, g in norm.grads(cap.inputs[i], cap.grads[i]).items()):
+                norms_kept.append(norm)
+                kept_bytes += 2 * cap.inputs[i][:1].numel() * cap.inputs[i].element_size()
+        keep = []
         for i, layer in enumerate(self.layers):
             x = cap.inputs[i]
             if x.dim() < 2 or len(x) != n or len(cap.grads[i]) != n:
@@ -136,11 +147,11 @@ class LayerwiseOperator(LogProbOperator):
                 layer.positions = int(layer.patches(x[:1]).shape[1])
                 keep.append(layer)
                 kept_bytes += (x[:1].numel() + cap.grads[i][:1].numel()) * x.element_size()
-        self.layers = keep
+        self.layers, self.norms = keep, norms_kept
         self._update_rest()
-        if self.layers:
+        if self.layers or self.norms:
             item = torch.empty((), dtype=self.dtype).element_size()
-            widest = max(max(layer.positions * layer.n_in, layer.numel) for layer in self.layers)
+            widest = max([max(layer.positions * layer.n_in, layer.numel) for layer in self.layers] + [0])
             per = kept_bytes + item * widest
             per += item * sum(self.space.numels[self.space.names.index(n)] for n in self.rest)
             self._step = max(1, DENSE_BYTES // max(per, 1))
@@ -165,7 +176,7 @@ class LayerwiseOperator(LogProbOperator):
 
     def _sub_batches(self, batch: Batch) -> Iterator[tuple[int, Batch]]:
         self.probe(batch)
-        if not self.layers:
+        if not (self.layers or self.norms):
             yield from super()._sub_batches(batch)
             return
         n = len(batch[0])
@@ -176,7 +187,7 @@ class LayerwiseOperator(LogProbOperator):
     # -- per-example gradients --------------------------------------------------------------------
     def _grads(self, batch: Batch) -> dict[str, Tensor]:
         self.probe(batch)
-        if not self.layers:
+        if not (self.layers or self.norms):
             return super()._grads(batch)
         cap = self.capture(batch)
         out: dict[str, Tensor] = {}
@@ -185,6 +196,8 @@ class LayerwiseOperator(LogProbOperator):
             g = layer.out_grads(cap.grads[i]).transpose(1, 2) @ layer.patches(cap.inputs[i])
             for name, t in layer.split(g).items():
                 out[name] = t.reshape(len(g), *shapes[name])
+        for name, g in self._norm_grads(cap).items():
+            out[name] = g.reshape(len(g), *shapes[name])
         if self.rest:
             out.update(self._rest_grads(batch))
         return out
@@ -196,7 +209,7 @@ class LayerwiseOperator(LogProbOperator):
         expanded ``Σ g² - 2 M Σ g + n M²`` lost 0.3% of ``trace K`` in float64 on inputs that
         differ at 1e-7, tests/test_numerics.py)."""
         self.probe(batch)
-        if power != 2 or not self.layers:
+        if power != 2 or not (self.layers or self.norms):
             return super().score_moment(batch, mean, power)
         acc = self.acc_dtype
         total = torch.zeros(self.P, dtype=acc, device=self.device)
@@ -217,13 +230,23 @@ class LayerwiseOperator(LogProbOperator):
                         g -= M
                     s2 = (g * g).sum(0)
                 layer.add_into(views, s2[None].to(acc))
+            extra = dict(self._norm_grads(cap))
             if self.rest:
-                for name, g in self._rest_grads(sub).items():
-                    g = g.reshape(len(g), -1).to(acc)
-                    if means is not None:
-                        g = g - means[name]
-                    views[name] += (g * g).sum(0)[None]
+                extra.update(self._rest_grads(sub))
+            for name, g in extra.items():
+                g = g.reshape(len(g), -1).to(acc)
+                if means is not None:
+                    g = g - means[name]
+                views[name] += (g * g).sum(0)[None]
         return total
+
+    def _norm_grads(self, cap: Captured) -> dict[str, Tensor]:
+        """Per-example gradients ``{name: (B, numel)}`` of the normalisation layers' parameters."""
+        out: dict[str, Tensor] = {}
+        for j, norm in enumerate(self.norms):
+            i = len(self.layers) + j
+            out.update(norm.grads(cap.inputs[i], cap.grads[i]))
+        return out
 
     def _rest_grads(self, batch: Batch) -> dict[str, Tensor]:
         """Per-example gradients of the parameters outside the layers, by ``vmap(grad)``."""
@@ -238,7 +261,7 @@ class LayerwiseOperator(LogProbOperator):
 
     def _layerwise_cheaper(self, k: int, batch: Batch) -> bool:
         """Layer-wise FLOPs ≤ the cheaper ``torch.func`` strategy's (per example)."""
-        if self.strategy != "auto" or not self.layers:
+        if self.strategy != "auto" or not (self.layers or self.norms):
             return False
         key = ("layerwise", k)
         if key not in self.choices:
@@ -249,6 +272,8 @@ class LayerwiseOperator(LogProbOperator):
             for layer in self.layers:
                 flops = 2 * layer.positions * layer.numel
                 cost += k * flops if self._is_direct(layer, k) else flops + 4 * k * layer.numel
+            cost += sum(4 * k * self.space.numels[self.space.names.index(n)]
+                        for norm in self.norms for n in norm.names)
             if self.rest:
                 n_rest = sum(self.space.numels[self.space.names.index(n)] for n in self.rest)
                 cost += 3 * forward + 4 * k * n_rest
@@ -271,9 +296,11 @@ class LayerwiseOperator(LogProbOperator):
                 a = layer.patches(cap.inputs[i])
                 d = layer.out_grads(cap.grads[i])
                 y += _jvp_block(a, d, blocks[i], self._is_direct(layer, k))
+            extra = self._norm_grads(cap)
             if self.rest:
-                for name, g in self._rest_grads(sub).items():
-                    y += g.reshape(len(g), -1) @ tan[name].T
+                extra.update(self._rest_grads(sub))
+            for name, g in extra.items():
+                y += g.reshape(len(g), -1) @ tan[name].T
             rows.append(y)
         return torch.cat(rows)
 
@@ -292,9 +319,11 @@ class LayerwiseOperator(LogProbOperator):
                 a = layer.patches(cap.inputs[i])
                 d = layer.out_grads(cap.grads[i])
                 layer.add_into(views, _vjp_block(a, d, A, self._is_direct(layer, k)))
+            extra = self._norm_grads(cap)
             if self.rest:
-                for name, g in self._rest_grads(sub).items():
-                    views[name] += A.T @ g.reshape(len(g), -1)
+                extra.update(self._rest_grads(sub))
+            for name, g in extra.items():
+                views[name] += A.T @ g.reshape(len(g), -1)
         return out
 
 
@@ -348,6 +377,6 @@ def make_operator(lik: Likelihood, device: torch.device, dtype: torch.dtype,
     """A :class:`LayerwiseOperator` when the model has eligible layers and ``strategy="auto"``."""
     if strategy == "auto":
         op = LayerwiseOperator(lik, device, dtype, chunk_size, strategy)
-        if op.layers:
+        if op.layers or op.norms:
             return op
     return LogProbOperator(lik, device, dtype, chunk_size, strategy)

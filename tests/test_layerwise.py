@@ -23,7 +23,8 @@ CPU = torch.device("cpu")
 
 
 class MixedNet(nn.Module):
-    """Conv2d (T=16) -> Conv1d stride 2 (T=8, no bias) -> LayerNorm -> Linear on a sequence -> head."""
+    """Conv2d (T=16) -> Conv1d stride 2 (T=8, no bias) -> LayerNorm -> a free gain (torch.func) ->
+    Linear on a sequence -> head."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,10 +33,11 @@ class MixedNet(nn.Module):
         self.ln = nn.LayerNorm(4)
         self.fc = nn.Linear(4, 5)
         self.head = nn.Linear(5, 3)
+        self.gain = nn.Parameter(torch.linspace(0.5, 1.5, 4))
 
     def forward(self, x):
         h = torch.relu(self.c1(x)).flatten(2)
-        h = self.ln(self.c2(h).transpose(1, 2))
+        h = self.ln(self.c2(h).transpose(1, 2)) * self.gain
         h = nn.functional.relu(self.fc(h), inplace=True).mean(1)
         return self.head(h)
 
@@ -73,8 +75,8 @@ def test_products_match_the_autograd_loop(case):
     batch = op.to_batch((X,))
     G = _oracle_grads(net, lik, X)
     torch.testing.assert_close(op.per_example_grads(batch), G, rtol=1e-12, atol=1e-12)
-    expected_rest = [] if case == "mlp" else ["ln.weight", "ln.bias"]
-    assert op.rest == expected_rest
+    assert op.rest == ([] if case == "mlp" else ["gain"])
+    assert [n.module_name for n in op.norms] == ([] if case == "mlp" else ["ln"])
     gen = torch.Generator().manual_seed(3)
     for k in (1, 5, 40):  # direct (T=1) and formed (T>1) per layer, both under one k
         T = torch.randn(k, op.P, generator=gen)
@@ -314,3 +316,50 @@ def test_symmetric_gram_blocks():
 
     R = torch.randn(37, 5)
     torch.testing.assert_close(_gram(R, step=8), R @ R.T)
+
+
+class NormNet(nn.Module):
+    """Conv -> BatchNorm2d -> Linear -> LayerNorm -> BatchNorm1d (no bias) -> head: the norms'
+    affine parameters get closed-form per-example gradients; the GroupNorm keeps torch.func."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(2, 3, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(3)
+        self.gn = nn.GroupNorm(1, 3)
+        self.fc = nn.Linear(48, 6)
+        self.ln = nn.LayerNorm(6)
+        self.bn1 = nn.BatchNorm1d(6, affine=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        h = torch.relu(self.gn(self.bn(self.conv(x))))
+        h = torch.tanh(self.bn1(self.ln(self.fc(h.flatten(1)))))
+        return self.head(h)
+
+
+def test_normalisation_layers_have_closed_form_gradients():
+    torch.manual_seed(2)
+    net = NormNet()
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        for m in (net.bn, net.bn1):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+        for p in net.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    net.eval()
+    X = _data((2, 4, 4), n=11)
+    lik = nfk.Classifier(net)
+    op = make_operator(lik, CPU, torch.float64)
+    batch = op.to_batch((X,))
+    G = _oracle_grads(net, lik, X)
+    torch.testing.assert_close(op.per_example_grads(batch), G, rtol=1e-12, atol=1e-12)
+    assert [n.module_name for n in op.norms] == ["bn", "ln", "bn1"]
+    assert op.rest == ["gn.weight", "gn.bias"]
+    T, A = torch.randn(7, op.P), torch.randn(len(X), 7)
+    op.choices[("layerwise", 7)] = "layerwise"
+    torch.testing.assert_close(op.jvp(batch, T), G @ T.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(op.vjp(batch, A), A.T @ G, rtol=1e-10, atol=1e-12)
+    V = oracle_vectors(G, G, True, "diagonal", nfk.fisher.DEFAULT_DAMPING)
+    K = nfk.fisher_kernel(lik, X, batch_size=4)
+    torch.testing.assert_close(K, V @ V.T, rtol=1e-10, atol=1e-10)
