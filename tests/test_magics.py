@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import types
@@ -121,13 +122,17 @@ def test_config_sets_defaults(shell):
 
 
 def test_help_documents_every_option(shell, capsys):
-    doc = shell.find_line_magic("nfk").__doc__  # what %nfk? shows
+    doc = shell.find_line_magic("nfk").__doc__  # what %nfk? shows: a short overview
+    assert "%nfk help SUB" in doc and len(doc.splitlines()) < 25
     for sub, parser in magics.PARSERS.items():
         if sub == "help":
             continue
+        assert f"%nfk {sub}" in doc, sub
+        nfk(shell, f"help {sub}")
+        shown = capsys.readouterr().out
         for action in parser._actions:
             for opt in action.option_strings:
-                assert opt in doc, (sub, opt)
+                assert opt in shown, (sub, opt)
             assert action.help, (sub, action.dest)
     assert nfk(shell, "help fit") is None
     out = capsys.readouterr().out
@@ -419,3 +424,52 @@ def test_enabled_extension_loads_in_a_real_ipython(tmp_path):
         capture_output=True, text=True, timeout=120,
     )
     assert "NFK True" in out.stdout, out.stdout + out.stderr
+
+
+def test_overview_columns_are_aligned(shell, capsys):
+    nfk(shell, "help")
+    usage = [line for line in capsys.readouterr().out.splitlines() if line.startswith("  %")]
+    assert len(usage) >= 9
+    # each usage line is "  USAGE<spaces>DESCRIPTION": the descriptions start in one column
+    starts = {re.match(r"  \S.*?\S {2,}(\S)", line).start(1) for line in usage}
+    assert len(starts) == 1, usage
+
+
+def test_suggestions_never_overwrite_a_variable(shell):
+    shell.user_ns.pop("est2", None)
+    with pytest.raises(UsageError) as info:
+        nfk(shell, "spectrum net")
+    text = str(info.value)
+    assert "-o net" not in text and "-o est " not in text + " "
+    assert "-o est2" in text  # `est` is taken in this notebook: the next free name
+
+
+def test_out_names_are_plain_identifiers(shell, est):
+    for bad in ("__builtins__", "__name__", "class"):
+        with pytest.raises(UsageError, match="not a valid Python variable name|special"):
+            nfk(shell, f"embed est X[:5] -o {bad}")
+    assert shell.user_ns["__builtins__"] is not None and shell.user_ns.get("class") is None
+    with pytest.warns(UserWarning, match="shadows the Python builtin 'print'"):
+        nfk(shell, "embed est X[:5] -o print")
+    shell.user_ns.pop("print")
+
+
+def test_options_are_checked_before_any_computation(shell, est, monkeypatch):
+    def no_work(*a, **k):
+        raise AssertionError("computed before the options were checked")
+
+    monkeypatch.setattr(LowRankNFK, "transform", no_work)
+    monkeypatch.setattr(LowRankNFK, "fit", no_work)
+    for line, words in [("explore est X --images 9,9", "--images 9,9 needs 81 values per input"),
+                        ("explore est X --index 200", "--index 200 is out of range for 200 points"),
+                        ("explore est X --labels y[:10]", "has 10 entries but the data have 200 rows"),
+                        ("kernel est X --labels y[:10]", "has 10 entries but the data have 200 rows"),
+                        ("fit net X --rank 3 --seed 99999999999999999999", "|seed| < 2**63"),
+                        ("fit net X --damping 1e9", "damping must be a non-negative number at most")]:
+        with pytest.raises(UsageError, match=re.escape(words)):
+            nfk(shell, line)
+
+
+def test_damping_zero_is_accepted_as_in_the_core(shell):
+    est = nfk(shell, f"fit net X {FIT} --damping 0")
+    assert est.damping == 0.0 and est.fisher_.damping == 0.0

@@ -38,14 +38,14 @@ from __future__ import annotations
 from typing import Any
 
 from ..display import register_formatters, unregister_formatters
-from .commands import OVERVIEW, PARSERS, SUBCOMMAND_NAMES, full_help
+from .commands import OVERVIEW, PARSERS, SUBCOMMAND_NAMES
 from .core import NFKMagics, core_errors
 from .parser import split_args
 
-__all__ = ["NFKMagics", "OVERVIEW", "PARSERS", "SUBCOMMAND_NAMES", "core_errors", "full_help",
-           "load_ipython_extension", "split_args", "unload_ipython_extension"]
+__all__ = ["NFKMagics", "OVERVIEW", "PARSERS", "SUBCOMMAND_NAMES", "core_errors", "load_ipython_extension",
+           "split_args", "unload_ipython_extension"]
 
-NFKMagics.nfk.__doc__ = full_help()
+NFKMagics.nfk.__doc__ = OVERVIEW  # what %nfk? shows: the overview, which points to %nfk help SUB
 
 
 def load_ipython_extension(ipython: Any) -> None:

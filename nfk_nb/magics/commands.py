@@ -47,8 +47,3 @@ OVERVIEW = "%nfk SUBCOMMAND ARGS...  -- Neural Fisher Kernel magics (nfk_nb).\n\
 Names and Python expressions are evaluated in the notebook ($name and {expr} are substituted first,
 e.g. --rank $rank); defaults come from %config NFKMagics (e.g. %config NFKMagics.rank = 32).
 Every option of a subcommand: %nfk help SUB (e.g. %nfk help fit)."""
-
-
-def full_help() -> str:
-    """The overview followed by the help of every subcommand."""
-    return "\n\n".join([OVERVIEW] + [PARSERS[sub].format_help() for sub in SUBCOMMAND_NAMES if sub != "help"])

@@ -145,9 +145,8 @@ class NFKMagics(Magics):
         """A fitted ``LowRankNFK``; the error suggests no name that would overwrite a variable."""
         est = self.value(expr, what)
         if not isinstance(est, LowRankNFK):
-            free = "est" if "est" not in self.shell.user_ns else "est_nfk"
             raise UsageError(f"{what} {expr!r} is a {type(est).__name__}, not a LowRankNFK: fit one with "
-                             f"%nfk fit MODEL DATA -o {free}.")
+                             f"%nfk fit MODEL DATA -o {self.free_name('est')}.")
         if not est.is_fitted():
             raise UsageError(f"{what} {expr!r} is not fitted yet: run %nfk fit first.")
         return est
@@ -172,6 +171,22 @@ class NFKMagics(Magics):
         if lik.needs_labels and not isinstance(data, (tuple, list, Dataset, DataLoader)):
             what = "regression targets" if isinstance(lik, Regressor) else "labels"
             raise UsageError(f"{type(lik).__name__} needs {what}: add --labels NAME or pass DATA as (X, y).")
+
+    def free_name(self, base: str) -> str:
+        """``base``, or ``base2``, ``base3``, ...: a name no notebook variable has (suggestions must not
+        overwrite the user's variables)."""
+        ns, name, i = self.shell.user_ns, base, 1
+        while name in ns:
+            i += 1
+            name = f"{base}{i}"
+        return name
+
+    @staticmethod
+    def n_rows(data: Any) -> int:
+        """The number of examples in DATA (a tensor, array, (X, y), Dataset or DataLoader)."""
+        if isinstance(data, DataLoader):
+            return len(data.dataset)  # type: ignore[arg-type]
+        return len(data[0] if isinstance(data, (tuple, list)) else data)
 
     def pick(self, value: Any, name: str) -> Any:
         """An option's value, else the configured default."""

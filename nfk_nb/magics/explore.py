@@ -49,7 +49,7 @@ def run(m: NFKMagics, args: argparse.Namespace, cell: str | None = None) -> Any:
     if isinstance(obj, LowRankNFK):
         est = m.estimator(args.EST)
         m.check_labels(est.lik, data)
-        n = len(X.dataset) if isinstance(X, DataLoader) else len(X)
+        n = m.n_rows(data)
     elif isinstance(obj, (torch.Tensor, np.ndarray)) and obj.ndim == 2:
         est, n = None, len(obj)
     else:

@@ -42,8 +42,11 @@ def run(m: NFKMagics, args: argparse.Namespace, cell: str | None = None) -> torc
     obj = m.value(args.EST_OR_MODEL, "EST_OR_MODEL")
     X = m.data(args.DATA)
     Z = None if args.DATA2 is None else m.data(args.DATA2, what="DATA2")
-    if args.labels is not None and not args.no_plot and Z is not None:
-        raise UsageError("--labels sorts a square kernel; drop DATA2 or --labels.")
+    labels = None
+    if args.labels is not None and not args.no_plot:  # checked before the kernel is computed
+        if Z is not None:
+            raise UsageError("--labels sorts a square kernel; drop DATA2 or --labels.")
+        labels = m.labels(args.labels, m.n_rows(X), "--labels")
     if isinstance(obj, LowRankNFK):
         est = m.estimator(args.EST_OR_MODEL, "EST_OR_MODEL")
         if args.exact:
@@ -62,15 +65,14 @@ def run(m: NFKMagics, args: argparse.Namespace, cell: str | None = None) -> torc
             names = ("fisher", "damping", "batch_size", "device", "seed")
             K = fisher_kernel(lik, X, Z, **{name: m.pick(getattr(args, name), name) for name in names})
     if not args.no_plot:
-        _show(m, K, args.labels)
+        _show(K, labels)
     return K
 
 
-def _show(m: NFKMagics, K: torch.Tensor, labels_expr: str | None) -> None:
+def _show(K: torch.Tensor, labels: torch.Tensor | None) -> None:
     from ..plots import plot_kernel
     from .core import core_errors
 
-    labels = None if labels_expr is None else m.labels(labels_expr, K.shape[0], "--labels")
     block = K[:MAX_HEATMAP, :MAX_HEATMAP]
     with core_errors("Plotting the kernel"):
         fig = plot_kernel(block, None if labels is None else labels[:MAX_HEATMAP])
