@@ -18,6 +18,7 @@ from .datasource import DataSource, as_source
 from .distributed import Reducer
 from .errors import NFKError, NFKMemoryError
 from .fisher import DEFAULT_DAMPING, FisherEstimate, check_fisher, estimate_fisher, score_moment
+from .fitting import reference_batches
 from .functional import LogProbOperator, compute_dtype, default_device
 from .layerwise import make_operator
 from .likelihoods import Likelihood
@@ -58,19 +59,15 @@ def _setup(lik: Likelihood, device: Any, dtype: torch.dtype | None) -> LogProbOp
 
 def _fisher(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: str,
             damping: float, seed: int, batch_size: int) -> FisherEstimate:
-    if lik.reference == "sampler":
-        source = DataSource(lik.draw_reference(seed), batch_size)
+    reference, n = reference_batches(lik, source, batch_size, seed, Reducer())  # as a low-rank fit's
     if fisher == "identity":  # only the partition term is needed, not the second moment
         check_fisher(fisher, damping)
-        n = source.n
         mean = torch.zeros(op.P, dtype=op.acc_dtype, device=op.device)
         if lik.centered:
-            total, n = score_moment(op, iter(source), None, 1, Reducer())
+            total, n = score_moment(op, reference(), None, 1, Reducer())
             mean = (total / n).to(mean)
         return FisherEstimate(mean, torch.zeros_like(mean), n, fisher, float(damping))
-    est, _ = estimate_fisher(
-        op, lambda: iter(source), centered=lik.centered, kind=fisher, damping=damping
-    )
+    est, _ = estimate_fisher(op, reference, centered=lik.centered, kind=fisher, damping=damping)
     return est
 
 

@@ -36,7 +36,7 @@ from .kfac import estimate_factors, fisher_trace
 from .likelihoods import Likelihood
 from .process_group import shard_bounds
 from .products import FisherVectorProducts
-from .sketch import MatrixProducts, range_sketch, single_pass_sketch, top_singular
+from .sketch import MatrixProducts, Omega, range_sketch, single_pass_sketch, top_singular
 from .validation import check_finite_columns, check_finite_rows, check_inputs
 
 Tick = Callable[[int], None]
@@ -126,7 +126,7 @@ def sketch_components(
     ckpt: FitCheckpoint | None, state: FitState | None, trace: float,
 ) -> tuple[Tensor, Tensor]:
     """``(W_kᵀ, S_k)`` from the sketch chosen by ``params["sketch"]``, resuming from ``state``."""
-    P, acc, seed = products.op.P, products.acc_dtype, params["seed"]
+    omega = Omega(l, products.op.P, params["seed"], products.acc_dtype, products.op.device)
     if params["sketch"] == "single_pass":
 
         def sweep(omega: Tensor, draw: Callable[[int], Tensor]) -> tuple[Tensor, Tensor, Tensor]:
@@ -136,7 +136,7 @@ def sketch_components(
             products.tick(len(Y) * 2 * params["power_iters"])  # the progress total counts 2q + 2 passes
             return Y, W, Psi
 
-        B = single_pass_sketch(sweep, l, P, seed=seed, dtype=acc, device=products.op.device, reducer=reducer)
+        B = single_pass_sketch(sweep, omega, reducer)
     else:
         resume, save = None, None
         if ckpt is not None:
@@ -146,8 +146,8 @@ def sketch_components(
             def save(passes: int, M: Tensor) -> None:
                 ckpt.save_sketch(products.fisher, trace, passes, M)
 
-        B = range_sketch(checked_products(products), l, P, power_iters=params["power_iters"], seed=seed,
-                         dtype=acc, device=products.op.device, reducer=reducer, resume=resume, save=save)
+        B = range_sketch(checked_products(products), omega, params["power_iters"], reducer=reducer,
+                         resume=resume, save=save)
     return top_singular(B, params["rank"])
 
 

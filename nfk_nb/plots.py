@@ -14,17 +14,12 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from .errors import NFKError
-
-
-def _np(a: Any) -> np.ndarray:
-    if hasattr(a, "detach"):
-        a = a.detach().cpu().numpy()
-    return np.asarray(a)
+from .evaluate import as_numpy
 
 
 def project_2d(E: Any) -> np.ndarray:
     """2-D coordinates of an (N, k) embedding: itself when k <= 2, else its top two principal components."""
-    E = _np(E).astype(np.float64)
+    E = as_numpy(E).astype(np.float64)
     if E.ndim != 2:
         raise NFKError(f"The embedding must be 2-D (examples × features), got shape {E.shape}.")
     if E.shape[1] == 1:
@@ -39,7 +34,7 @@ def project_2d(E: Any) -> np.ndarray:
 
 def effective_rank(S: Any) -> float:
     """Participation ratio ``(Σ λ)² / Σ λ²`` of the eigenvalues ``λ = S²`` (1 = one direction)."""
-    lam = _np(S).astype(np.float64) ** 2
+    lam = as_numpy(S).astype(np.float64) ** 2
     return float(lam.sum() ** 2 / (lam**2).sum()) if lam.sum() > 0 else 0.0
 
 
@@ -66,13 +61,13 @@ def plot_spectrum(est: Any, explained: Any = None, title: str | None = None) -> 
     """
     subtitle = ""
     if hasattr(est, "singular_values_"):
-        S, ratio = _np(est.singular_values_), _np(est.explained_variance_ratio_)
+        S, ratio = as_numpy(est.singular_values_), as_numpy(est.explained_variance_ratio_)
         subtitle = f"fisher={est.fisher}, damping={est.damping:g}, N={est.n_samples_fit_}"
     elif hasattr(est, "rank") and hasattr(est, "lik"):
         raise NFKError("The estimator is not fitted yet: run %nfk fit (or est.fit(X)) first.")
     else:
-        S = _np(est)
-        ratio = None if explained is None else _np(explained)
+        S = as_numpy(est)
+        ratio = None if explained is None else as_numpy(explained)
     if S.ndim != 1 or len(S) == 0:
         raise NFKError(f"Expected a 1-D array of singular values, got shape {S.shape}.")
     k = np.arange(1, len(S) + 1)
@@ -132,7 +127,7 @@ def plot_embedding(E: Any, labels: Any = None, highlight: int | None = None,
     if labels is None:
         ax.scatter(xy[:, 0], xy[:, 1], s=8, alpha=0.7)
     else:
-        lab = _np(labels)
+        lab = as_numpy(labels)
         if len(lab) != len(xy):
             raise NFKError(f"The embedding has {len(xy)} rows but there are {len(lab)} labels.")
         classes, codes = np.unique(lab, return_inverse=True)
@@ -151,7 +146,7 @@ def plot_embedding(E: Any, labels: Any = None, highlight: int | None = None,
         ax.scatter(xy[nb, 0], xy[nb, 1], s=60, facecolors="none", edgecolors="k", linewidths=1.2)
     if highlight is not None:
         ax.scatter(xy[highlight, 0], xy[highlight, 1], s=160, marker="*", color="k")
-    k = _np(E).shape[1]
+    k = as_numpy(E).shape[1]
     ax.set_xlabel("component 1" if k <= 2 else "PC 1")
     ax.set_ylabel("component 2" if k <= 2 else "PC 2")
     ax.set_title(title or f"NFK embedding ({len(xy)} points, k={k})", fontsize=10)
@@ -160,12 +155,12 @@ def plot_embedding(E: Any, labels: Any = None, highlight: int | None = None,
 
 def plot_kernel(K: Any, labels: Any = None, title: str | None = None) -> Figure:
     """Heatmap of a kernel matrix; with ``labels`` (square K only) rows and columns are sorted by label."""
-    K = _np(K).astype(np.float64)
+    K = as_numpy(K).astype(np.float64)
     if K.ndim != 2:
         raise NFKError(f"The kernel must be a 2-D matrix, got shape {K.shape}.")
     order = None
     if labels is not None:
-        lab = _np(labels)
+        lab = as_numpy(labels)
         if K.shape[0] != K.shape[1] or len(lab) != K.shape[0]:
             raise NFKError(f"labels ({len(lab)}) must match a square kernel, got shape {K.shape}.")
         order = np.argsort(lab, kind="stable")
@@ -202,7 +197,7 @@ def plot_neighbours(images: Any, query_idx: int, neighbour_idx: Sequence[int],
     similarities : sequence of float, optional
         One per neighbour (e.g. cosine similarity).
     """
-    X = _np(images)
+    X = as_numpy(images)
     idx = [int(query_idx), *[int(i) for i in neighbour_idx]]
 
     def img(i: int) -> np.ndarray:
@@ -224,7 +219,7 @@ def plot_neighbours(images: Any, query_idx: int, neighbour_idx: Sequence[int],
     n = len(idx)
     fig = Figure(figsize=(1.25 * n, 1.6), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, n))
-    lab = None if labels is None else _np(labels)
+    lab = None if labels is None else as_numpy(labels)
     for j, (ax, i) in enumerate(zip(axes, idx)):
         ax.imshow(img(i), cmap="gray_r", interpolation="nearest")
         ax.set_xticks([])
@@ -256,18 +251,18 @@ def plot_images(images: Any, labels: Any = None, ncols: int = 8, shape: tuple[in
         Image shape for flat rows.
     title : str, optional
     """
-    X = _np(images)
+    X = as_numpy(images)
     if shape is not None:
         X = X.reshape(len(X), *shape)
     elif X.ndim == 4 and X.shape[1] == 1:
         X = X[:, 0]
     if X.ndim != 3 or len(X) == 0:
-        raise NFKError(f"Cannot show images of shape {_np(images).shape}; pass (N, H, W) or shape=(H, W).")
+        raise NFKError(f"Cannot show images of shape {X.shape}; pass (N, H, W) or shape=(H, W).")
     n, ncols = len(X), max(1, min(ncols, len(X)))
     nrows = -(-n // ncols)
     fig = Figure(figsize=(1.1 * ncols, 1.25 * nrows + (0.3 if title else 0)), layout="constrained")
     axes = np.atleast_1d(fig.subplots(nrows, ncols)).ravel()
-    lab = None if labels is None else _np(labels)
+    lab = None if labels is None else as_numpy(labels)
     for i, ax in enumerate(axes):
         ax.set_xticks([])
         ax.set_yticks([])

@@ -50,6 +50,7 @@ def orth(Y: Tensor) -> Tensor:
 # l = 26, P = 11.2M).
 OMEGA_CHUNK = 1 << 22
 
+
 def gaussian_test_matrix(rows: int, cols: int, seed: int, dtype: torch.dtype,
                          device: torch.device | str = "cpu") -> Tensor:
     """A seeded ``rows × cols`` standard Gaussian matrix in ``dtype`` on ``device``, drawn in chunks.
@@ -75,24 +76,27 @@ def svd_flip(Wt: Tensor) -> Tensor:
     return (Wt * signs[:, None]).contiguous()  # row-major, as it is saved and loaded
 
 
+class Omega(NamedTuple):
+    """The Gaussian test matrix Ω (l×P) of a sketch, drawn when it is needed: its seed, size and where."""
+
+    l: int
+    P: int
+    seed: int
+    dtype: torch.dtype = torch.float64
+    device: torch.device | str = "cpu"
+
+    def draw(self) -> Tensor:
+        return gaussian_test_matrix(self.l, self.P, self.seed, self.dtype, self.device)
+
+
 def _orth_rows(Y: Tensor, reducer: Reducer) -> Tensor:
     """This process's rows of ``orth`` of the full (gathered) ``Y``."""
     return reducer.local_rows(orth(reducer.gather_rows(Y)), len(Y))
 
 
-def range_sketch(
-    products: MatrixProducts,
-    l: int,
-    P: int,
-    *,
-    power_iters: int,
-    seed: int,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str = "cpu",
-    reducer: Reducer | None = None,
-    resume: tuple[int, Tensor] | None = None,
-    save: Callable[[int, Tensor], None] | None = None,
-) -> Tensor:
+def range_sketch(products: MatrixProducts, omega: Omega, power_iters: int, *,
+                 reducer: Reducer | None = None, resume: tuple[int, Tensor] | None = None,
+                 save: Callable[[int, Tensor], None] | None = None) -> Tensor:
     """``B = Qᵀ V`` (l×P) from the range finder with ``power_iters`` power iterations.
 
     The ``2 * power_iters + 2`` passes alternate ``Y = V Uᵀ`` (even) and ``Z = Aᵀ V`` (odd).
@@ -100,11 +104,10 @@ def range_sketch(
     Parameters
     ----------
     products : MatrixProducts
-    l, P : int
-        Sketch size and number of columns of ``V``.
-    power_iters, seed : int
-    dtype, device
-        Dtype and device of Ω (the products set the dtype of everything after).
+    omega : Omega
+        Ω (l×P): ``l`` is the sketch size, ``P`` the number of columns of ``V``; drawn in its dtype
+        (the products set the dtype of everything after).
+    power_iters : int
     reducer : Reducer, optional
         Gathers the rows of ``Y`` over processes for its QR.
     resume : (int, Tensor), optional
@@ -117,7 +120,7 @@ def range_sketch(
     done, M = resume if resume is not None else (0, None)
     for j in range(done, n_passes):
         if j == 0:
-            M = products.times_directions(gaussian_test_matrix(l, P, seed, dtype, device))  # Y = V Ωᵀ
+            M = products.times_directions(omega.draw())  # Y = V Ωᵀ
         elif j % 2 == 1:
             Z = products.weighted_rows(_orth_rows(M, reducer))  # (l, P); the last one is B = Qᵀ V
             M = Z if j == n_passes - 1 else orth(Z.T).T
@@ -128,16 +131,10 @@ def range_sketch(
     return M
 
 
-def single_pass_sketch(
-    sweep: Callable[[Tensor, Callable[[int], Tensor]], tuple[Tensor, Tensor, Tensor]],
-    l: int,
-    P: int,
-    *,
-    seed: int,
-    dtype: torch.dtype = torch.float64,
-    device: torch.device | str = "cpu",
-    reducer: Reducer | None = None,
-) -> Tensor:
+Sweep = Callable[[Tensor, Callable[[int], Tensor]], tuple[Tensor, Tensor, Tensor]]
+
+
+def single_pass_sketch(sweep: Sweep, omega: Omega, reducer: Reducer | None = None) -> Tensor:
     """An estimate of ``Qᵀ V`` (l×P) from one sweep that computes ``Y = V Ωᵀ`` and ``W = Ψ V`` together.
 
     With ``Q = orth(Y)`` and ``m = 2l + 1`` co-range rows, ``X = (Ψ Q)⁺ W`` (Tropp et al. 2017).
@@ -147,17 +144,17 @@ def single_pass_sketch(
     sweep : callable
         ``sweep(Ω, draw) -> (Y, W, Ψᵀ)``: ``draw(b)`` gives the next ``b`` rows of ``Ψᵀ`` (b×m), one
         per row of ``V``; ``W`` is summed over processes, ``Ψᵀ`` holds the rows that were drawn.
-    l, P, seed, dtype, device, reducer
+    omega, reducer
         As in :func:`range_sketch`. Each process draws independent rows of ``Ψ``.
     """
     reducer = reducer or Reducer()
-    m = 2 * l + 1  # co-range size, Tropp et al.'s recommendation
-    psi_gen = torch.Generator().manual_seed(int(seed) + 1 + 7919 * reducer.rank)
+    m = 2 * omega.l + 1  # co-range size, Tropp et al.'s recommendation
+    psi_gen = torch.Generator().manual_seed(int(omega.seed) + 1 + 7919 * reducer.rank)
 
     def draw(b: int) -> Tensor:
         return torch.randn(b, m, generator=psi_gen, dtype=torch.float64)
 
-    Y, W, Psi = sweep(gaussian_test_matrix(l, P, seed, dtype, device), draw)
+    Y, W, Psi = sweep(omega.draw(), draw)
     Q = _orth_rows(Y, reducer)
     PsiQ = reducer.sum(Psi.to(Q).T @ Q)  # (m, l)
     Q2, R2 = torch.linalg.qr(PsiQ)  # least squares through the small QR: W stays where it is
@@ -186,5 +183,5 @@ def randomized_svd(
     ``l = min(rank + oversample, n, P)`` columns (``n`` defaults to P).
     """
     l = min(rank + oversample, P if n is None else n, P)
-    B = range_sketch(products, l, P, power_iters=power_iters, seed=seed, dtype=dtype)
+    B = range_sketch(products, Omega(l, P, seed, dtype), power_iters)
     return top_singular(B, rank)

@@ -18,7 +18,8 @@ import traitlets
 
 from .display import figure_png
 from .errors import NFKError
-from .plots import _np, plot_embedding, plot_neighbours
+from .evaluate import as_numpy
+from .plots import plot_embedding, plot_neighbours
 
 
 def cosine_neighbours(E: np.ndarray, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -72,15 +73,15 @@ class EmbeddingExplorer(widgets.VBox):
 
     def __init__(self, embedding: Any, labels: Any = None, images: Any = None,
                  shape: tuple[int, int] | None = None, n_neighbours: int = 8, index: int = 0) -> None:
-        E = _np(embedding).astype(np.float64)
+        E = as_numpy(embedding).astype(np.float64)
         if E.ndim != 2 or len(E) < 2:
             raise NFKError(f"The explorer needs an (N, k) embedding with N >= 2, got shape {E.shape}.")
         n = len(E)
         self.embedding = E
-        self.labels = None if labels is None else _np(labels)
+        self.labels = None if labels is None else as_numpy(labels)
         if self.labels is not None and len(self.labels) != n:
             raise NFKError(f"The embedding has {n} rows but there are {len(self.labels)} labels.")
-        self.images = None if images is None else _np(images)
+        self.images = None if images is None else as_numpy(images)
         if self.images is not None and len(self.images) != n:
             raise NFKError(f"The embedding has {n} rows but there are {len(self.images)} images.")
         if self.images is not None and shape is None and self.images.ndim == 2:

@@ -6,9 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-import papermill as pm
-
-from nfk_nb.records import read_records
+from nfk_nb.report import run_notebook as run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
@@ -19,14 +17,11 @@ def run_notebook(name: str, out_dir: Path, parameters: dict[str, Any] | None = N
                  timeout: int = 300) -> dict[str, Any]:
     """Execute ``notebooks/<name>`` into ``out_dir``; return its ``nfk.record`` values.
 
-    Raises papermill's ``PapermillExecutionError`` if any cell errors.
+    Raises papermill's ``PapermillExecutionError`` if any cell errors (``nfk_nb.report.run_notebook``,
+    without the HTML report).
     """
-    out = Path(out_dir) / name
-    pm.execute_notebook(
-        str(NOTEBOOKS / name), str(out), parameters=parameters or {}, kernel_name=KERNEL,
-        execution_timeout=timeout, progress_bar=False, cwd=str(NOTEBOOKS),
-    )
-    return read_records(out)
+    return run_report(NOTEBOOKS / name, out_dir, parameters, kernel_name=KERNEL, timeout=timeout,
+                      html=False).records
 
 
 def code_cells(name: str) -> list[dict[str, Any]]:

@@ -7,6 +7,7 @@ import torch
 
 from nfk_nb.sketch import (
     MatrixProducts,
+    Omega,
     gaussian_test_matrix,
     randomized_svd,
     range_sketch,
@@ -55,9 +56,10 @@ def test_range_sketch_resumes_to_the_same_result_and_saves_every_pass():
     V = decaying(seed=2)
     products = MatrixProducts.dense(V)
     saved = []
-    B = range_sketch(products, 8, V.shape[1], power_iters=2, seed=3, save=lambda j, M: saved.append((j, M)))
+    omega = Omega(8, V.shape[1], seed=3)
+    B = range_sketch(products, omega, 2, save=lambda j, M: saved.append((j, M)))
     assert [j for j, _ in saved] == [1, 2, 3, 4, 5, 6] and torch.equal(saved[-1][1], B)
-    resumed = range_sketch(products, 8, V.shape[1], power_iters=2, seed=3, resume=saved[2])
+    resumed = range_sketch(products, omega, 2, resume=saved[2])
     assert torch.equal(resumed, B)
 
 
@@ -70,7 +72,7 @@ def test_single_pass_sketch_is_exact_for_a_matrix_of_low_rank():
         psi = draw(len(V))
         return V @ omega.T, psi.T @ V, psi
 
-    Wt, S = top_singular(single_pass_sketch(sweep, 6, 30, seed=0), 4)
+    Wt, S = top_singular(single_pass_sketch(sweep, Omega(6, 30, seed=0)), 4)
     torch.testing.assert_close(S, S_exact[:4], rtol=1e-9, atol=1e-10)
     assert subspace_error(Wt, Wt_exact[:4]) < 1e-6
 
@@ -83,7 +85,7 @@ def test_single_pass_sketch_is_close_on_a_decaying_spectrum():
         psi = draw(len(V))
         return V @ omega.T, psi.T @ V, psi
 
-    _, S = top_singular(single_pass_sketch(sweep, 12, V.shape[1], seed=1), 3)
+    _, S = top_singular(single_pass_sketch(sweep, Omega(12, V.shape[1], seed=1)), 3)
     torch.testing.assert_close(S, S_exact[:3], rtol=1e-3, atol=0)
 
 

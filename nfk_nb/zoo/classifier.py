@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._loop import train_epochs
+
 
 def mlp(sizes: Sequence[int], activation: type[nn.Module] = nn.ReLU, seed: int = 0) -> nn.Sequential:
     """A multilayer perceptron ``sizes[0] -> ... -> sizes[-1]``, seeded initialisation."""
@@ -29,19 +31,9 @@ def train_classifier(
     """Train with Adam and cross-entropy; returns the mean loss per epoch. Leaves ``net`` in eval mode."""
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(net.parameters(), lr=lr, weight_decay=weight_decay)
-    losses = []
     net.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=gen)
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            idx = perm[start : start + batch_size]
-            loss = F.cross_entropy(net(X[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        losses.append(total / len(X))
+    losses = train_epochs(len(X), epochs, batch_size, gen, opt,
+                          lambda idx: F.cross_entropy(net(X[idx]), y[idx]))
     net.eval()
     return losses
 

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NFKError
+from ._loop import train_epochs
 
 
 class Encoder(nn.Module):
@@ -115,21 +116,14 @@ def train_vae(
     gen = torch.Generator().manual_seed(seed)
     params = list(encoder.parameters()) + list(decoder.parameters())
     opt = torch.optim.Adam(params, lr=lr)
-    losses: list[float] = []
     encoder.train()
     decoder.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=gen)
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            x = X[perm[start : start + batch_size]]
-            eps = torch.randn(len(x), latent_dim, generator=gen)
-            loss = negative_elbo(encoder, decoder, x, eps).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(x)
-        losses.append(total / len(X))
+
+    def loss_of(idx: Tensor) -> Tensor:
+        eps = torch.randn(len(idx), latent_dim, generator=gen)  # reparameterisation noise, seeded
+        return negative_elbo(encoder, decoder, X[idx], eps).mean()
+
+    losses = train_epochs(len(X), epochs, batch_size, gen, opt, loss_of)
     encoder.eval()
     decoder.eval()
     return VAEResult(encoder, decoder, latent_dim, losses)
