@@ -111,7 +111,7 @@ def fit_identity(params: dict[str, Any], lik: Any, op: Any, source: Any, n_total
     likelihood object, progress, device, whiten) are left out.
     """
     skip = ("lik", "progress", "device", "whiten")
-    user_fn = getattr(lik, "_user_log_prob", None) or type(lik)
+    user_fn = lik.log_prob_function or type(lik)
     identity: dict[str, Any] = {
         "params": {k: jsonable(v) for k, v in params.items() if k not in skip},
         "likelihood": lik.describe(),

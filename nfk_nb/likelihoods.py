@@ -177,6 +177,11 @@ class Likelihood:
             raise NFKTypeError(f"sampler(n) must return a tensor, not {type(out).__name__}.")
         return out.detach()
 
+    @property
+    def log_prob_function(self) -> Callable[..., Tensor] | None:
+        """The user's ``log_prob`` of a custom likelihood; ``None`` for the built-in families."""
+        return self._user_log_prob
+
     def describe(self) -> dict[str, Any]:
         """Settings that identify this likelihood (stored with saved estimators)."""
         return {"family": self.family, "partition": self.partition, "n_samples": self.n_samples}

@@ -143,7 +143,14 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
 
 
     # -- settings and the operator ------------------------------------------------------------
-    def _check_params(self) -> None:
+    def check_settings(self) -> None:
+        """Check every setting without computing anything (``fit`` starts with this).
+
+        Raises
+        ------
+        NFKTypeError, NFKError
+            A setting has the wrong type, is out of range or is not one of its choices.
+        """
         if not isinstance(self.lik, Likelihood):
             raise NFKTypeError(
                 f"lik must be an nfk_nb likelihood (Classifier, EnergyModel, VAE, Regressor or "
@@ -203,7 +210,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             The fit failed its numerical self-check (``nfk_nb.consistency``) and was recomputed in
             float64 (without checkpointing); an inconsistent fit is never returned.
         """
-        self._check_params()
+        self.check_settings()
         start = time.perf_counter()
         source = self._source(X, y)
 
@@ -381,7 +388,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             if not isinstance(params["dtype"], torch.dtype):
                 raise NFKError(f"The saved dtype {dtype!r} is not a torch dtype: the file was altered.")
         est = cls(lik, device=device, progress=False, **params)
-        est._check_params()
+        est.check_settings()
         return est
 
     def __sklearn_tags__(self) -> Tags:

@@ -64,7 +64,7 @@ def run(m: NFKMagics, args: argparse.Namespace, cell: str | None = None) -> LowR
     with core_errors("Fitting the NFK"):
         est = LowRankNFK(lik, progress=m.progress and not args.quiet,
                          **{name: m.pick(getattr(args, name), name) for name in names})
-        est._check_params()  # every option is checked before any computation
+        est.check_settings()  # every option is checked before any computation
         if workers > 1:
             from .. import launch
 
