@@ -17,14 +17,15 @@ c = 2e2 → 1.0000, 2e4 → 1.00001, 2e5 → 1.0005, 1.2e6 → 1.065, 2.3e6 → 
    same rows recomputed from exact float64 per-example gradients (relative to ``‖v(x)‖``, within
    :data:`ROW_TOL`);
 3. :func:`fit_with_precision_guard` turns a failure of either into one warning and a float64 refit,
-   or, when the fit already ran in float64, an ``NFKError`` naming the cause and the fix.
+   or, when the fit already ran in float64, an ``NFKError`` naming the cause and the fix;
+   :func:`precise_enough` does the same for the exact path (``fisher_vectors``, ``fisher_kernel``).
 """
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import torch
 from torch import Tensor
@@ -192,6 +193,38 @@ def fit_with_precision_guard(fit: Callable[[torch.dtype | None], T], dtype: torc
                 PrecisionWarning,
                 stacklevel=4,
             )
+
+
+def precise_enough(op, fisher, refit: Callable[[Any], Any]) -> tuple[Any, Any]:
+    """For the exact path: ``(op, fisher)``, recomputed in more precision while centring would cancel.
+
+    Parameters
+    ----------
+    op : LogProbOperator
+        The operator the Fisher estimate was computed with.
+    fisher : FisherEstimate
+    refit : callable
+        ``refit(new_op)`` returns the Fisher estimate computed with another operator.
+
+    Raises
+    ------
+    NFKError
+        The scores cancel even in float64.
+    """
+    from .layerwise import make_operator
+
+    while True:
+        try:
+            check_cancellation(fisher, op.dtype)
+            return op, fisher
+        except InconsistentFit as exc:
+            if op.dtype == torch.float64:
+                raise _refusal(exc) from None
+            higher = next_dtype(op.dtype)
+            warnings.warn(f"nfk_nb: {exc.cause} in {_name(op.dtype)}; recomputing in {_name(higher)}.",
+                          PrecisionWarning, stacklevel=3)
+            op = make_operator(op.lik, op.device, higher, op.chunk_size)
+            fisher = refit(op)
 
 
 def _name(dtype: torch.dtype) -> str:

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from ._modes import eval_mode
+from .consistency import precise_enough
 from .datasource import DataSource, as_source
 from .distributed import Reducer
 from .errors import NFKError, NFKMemoryError
@@ -110,6 +111,8 @@ def fisher_vectors(
     with eval_mode(lik.model):
         check_source(op, source)
         est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
+        op, est = precise_enough(  # near-constant scores: float64, or refused
+            op, est, lambda o: _fisher(lik, o, source, fisher, damping, seed, batch_size))
         return _vectors(op, source, est).cpu()
 
 
@@ -143,6 +146,8 @@ def fisher_kernel(
         if Z is not None:
             check_source(op, other)
         est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
+        op, est = precise_enough(  # near-constant scores: float64, or refused
+            op, est, lambda o: _fisher(lik, o, source, fisher, damping, seed, batch_size))
         if getattr(op, "layers", None):  # layer-wise: no P-sized row per example where possible
             from .gram import layerwise_kernel
 

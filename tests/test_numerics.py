@@ -200,3 +200,13 @@ def test_sampler_changing_parameters_is_refused():
     disc = nn.Sequential(nn.Linear(6, 10), nn.Tanh(), nn.Linear(10, 1))
     with pytest.raises(nfk.NFKError, match="changed model parameters in place"):
         nfk.fisher_kernel(nfk.EnergyModel(disc, sampler=sampler, n_samples=8), torch.randn(5, 6))
+
+
+def test_exact_path_recomputes_near_constant_scores_in_float64():
+    net = near_constant_cnn()
+    X = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(7))
+    with pytest.warns(PrecisionWarning, match="recomputing in float64"):
+        K = nfk.fisher_kernel(nfk.Classifier(net), X)
+    assert K.dtype == torch.float64
+    want = exact64(nfk.Classifier, net, X)
+    assert float((K - want).norm() / want.norm()) < 1e-6
