@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.smoke:
         args.width, args.n, args.rank, args.batch_size = 8, 32, 4, 16
     import nfk_nb as nfk
-    from nfk_nb.products import gaussian_test_matrix
+    from nfk_nb.sketch import gaussian_test_matrix
 
     torch.manual_seed(0)
     model = ResNet18(args.width).eval()

@@ -277,7 +277,8 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                      fisher={"kind": f.kind, "damping": f.damping, "n_reference": f.n_reference,
                              "kfac_layers": factor_layout(f.kron)},
                      fitted={"n_samples_fit": self.n_samples_fit_, "n_params": self.n_params_,
-                             "trace": self.trace_, "fit_time": self.fit_time_, "device": self.device_})
+                             "trace": self.trace_, "fit_time": self.fit_time_, "device": self.device_,
+                             "compute_dtype": str(self.operator.dtype).removeprefix("torch.")})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> LowRankNFK:
@@ -289,6 +290,9 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             A tensor has the wrong shape for this model (another ``P``) or a field is missing.
         """
         self._op = None  # a new fitted state: the operator sees the model's current weights
+        # a fit recomputed in float64 (consistency.py) embeds new data in float64 too
+        saved = getattr(torch, str(state["fitted"].get("compute_dtype", "")), None)
+        self._dtype_override = saved if isinstance(saved, torch.dtype) else None
         P, k = self.operator.P, state["singular_values"].shape[0]
         shapes = {"components": (k, P), "fisher_mean": (P,), "fisher_diag": (P,),
                   "explained_variance_ratio": (k,)}

@@ -210,3 +210,14 @@ def test_exact_path_recomputes_near_constant_scores_in_float64():
     assert K.dtype == torch.float64
     want = exact64(nfk.Classifier, net, X)
     assert float((K - want).norm() / want.norm()) < 1e-6
+
+
+def test_a_float64_refit_saves_and_loads_its_precision(tmp_path):
+    net = near_constant_cnn()
+    X = torch.randn(16, 3, 6, 6, generator=torch.Generator().manual_seed(8))
+    with pytest.warns(PrecisionWarning):
+        est, E = fit(nfk.Classifier(net), X)
+    est.save(tmp_path / "fit.safetensors")
+    loaded = nfk.LowRankNFK.load(tmp_path / "fit.safetensors", nfk.Classifier(net))
+    assert loaded.operator.dtype == torch.float64
+    torch.testing.assert_close(loaded.transform(X[:4]), E[:4], rtol=1e-6, atol=1e-8)
