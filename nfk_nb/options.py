@@ -31,7 +31,7 @@ SKETCHES = ("power", "single_pass")
 SCORES = ("joint", "label", "predicted")
 DTYPES = ("float32", "float64")
 # One vocabulary of model kinds: the likelihood families as ``Likelihood.describe()["family"]`` says.
-MODEL_KINDS = ("classifier", "energy", "vae", "regression")
+MODEL_KINDS = ("classifier", "energy", "vae", "regression", "causal-lm")
 KIND_ALIASES = {"gan": "energy", "regressor": "regression"}  # accepted on input, never stored
 
 # The estimator's defaults (``LowRankNFK.__init__`` reads them; so do the magics and the CLI).
@@ -65,7 +65,8 @@ HELP: dict[str, str] = {
     "whiten": "divide the embedding by the singular values",
     "chunk_size": "vmap chunk over sketch columns (bounds memory for large models)",
     "sketch": "power: range finder with power iterations; single_pass: one sweep over the data",
-    "kind": "model family of a torch module: classifier, energy (gan), vae, regression",
+    "kind": "model family of a torch module: classifier, energy (gan), vae, regression, causal-lm "
+            "(next-token logits of token ids or tokenizer dicts)",
     "score": "classifier score: joint = logsumexp of the logits, label = log p(y|x), "
              "predicted = log p(argmax|x)",
 }
@@ -161,7 +162,7 @@ def make_likelihood(
     Parameters
     ----------
     model : nn.Module, (encoder, decoder) tuple, or an nfk_nb likelihood (returned as is)
-    kind : {"classifier", "energy", "vae", "regression"} (or the aliases "gan", "regressor")
+    kind : {"classifier", "energy", "vae", "regression", "causal-lm"} (or "gan", "regressor")
     score : {"joint", "label", "predicted"}, optional
         Classifier score (default "joint"); refused for other kinds.
     sampler : callable, optional
@@ -205,4 +206,6 @@ def make_likelihood(
             raise NFKError("--kind gan needs --sampler NAME: a function sampler(n) returning n "
                            "generator samples.")
         return L.EnergyModel(model, sampler, n_samples=n_samples)
+    if kind == "causal-lm":
+        return L.CausalLM(model)
     return L.Regressor(model, sigma=sigma)

@@ -173,6 +173,8 @@ sampler = lambda n: gen(torch.randn(n, 4)).detach()
 encoder, decoder = torch.nn.Linear(64, 4), torch.nn.Linear(2, 64)
 reg = torch.nn.Linear(64, 1)
 y_float = y.float()
+lm = torch.nn.Sequential(torch.nn.Embedding(10, 4), torch.nn.Linear(4, 10))  # next-token logits
+ids = torch.randint(0, 10, (30, 5), generator=torch.Generator().manual_seed(0))
 """
 
 
@@ -181,6 +183,7 @@ y_float = y.float()
     ("fit (encoder, decoder) X[:100] --kind vae", nfk_nb.VAE),
     ("fit reg X[:100] --kind regression --labels y_float[:100] --sigma 2", nfk_nb.Regressor),
     ("fit nfk.Classifier(net, score='predicted') X[:100]", nfk_nb.Classifier),
+    ("fit lm ids --kind causal-lm", nfk_nb.CausalLM),
 ])
 def test_model_kinds(shell, line, family):
     shell.run_cell(KINDS_SETUP).raise_error()
@@ -196,6 +199,7 @@ def test_model_kinds(shell, line, family):
         nfk_nb.Regressor: lambda: (nfk_nb.Regressor(ns["reg"], sigma=2.0),
                                    (ns["X"][:100], ns["y_float"][:100])),
         nfk_nb.Classifier: lambda: (nfk_nb.Classifier(ns["net"], score="predicted"), ns["X"][:100]),
+        nfk_nb.CausalLM: lambda: (nfk_nb.CausalLM(ns["lm"]), ns["ids"]),
     }[family]
     lik, data = direct()
     ref = LowRankNFK(lik, rank=2, power_iters=0, oversample=2, progress=False).fit_transform(data)
