@@ -109,7 +109,7 @@ def checked_products(products: FisherVectorProducts) -> MatrixProducts:
     """The Fisher-vector products, each pass's output checked for non-finite values (cheap next to it)."""
 
     def times_directions(U: Tensor) -> Tensor:
-        Y = products.matvec(U)
+        Y = products.matvec(U, consume=True)  # Ω and the power-iteration matrices are temporaries
         check_finite_rows(Y, "sketch product V Uᵀ")
         return Y
 

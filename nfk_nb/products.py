@@ -41,9 +41,13 @@ class FisherVectorProducts:
         self.scale = fisher.scale.to(op.device, self.acc_dtype)
         self.mean = fisher.mean.to(op.device, self.acc_dtype)
 
-    def matvec(self, U: Tensor) -> Tensor:
-        """``V Uᵀ`` for ``U`` of shape (k, P); returns (n_local, k)."""
-        T = self.fisher.whiten_(U.to(self.op.device, self.acc_dtype, copy=True), self.op.space)
+    def matvec(self, U: Tensor, consume: bool = False) -> Tensor:
+        """``V Uᵀ`` for ``U`` of shape (k, P); returns (n_local, k).
+
+        ``consume=True`` lets the product overwrite ``U`` (the sketch's Ω and power-iteration
+        matrices are temporaries): it saves one ``k × P`` copy, the size of the whole sketch.
+        """
+        T = self.fisher.whiten_(U.to(self.op.device, self.acc_dtype, copy=not consume), self.op.space)
         offset = T @ self.mean  # (k,)  mᵀ D u for each direction
         T = T.to(self.op.dtype)
         rows = []

@@ -122,9 +122,9 @@ def test_resume_skips_finished_passes(tmp_path, monkeypatch):
         calls["fisher"] += 1
         return real_fisher(*a, **k)
 
-    def matvec(self, U):
+    def matvec(self, U, **kw):
         calls["jvp"] += 1
-        return real_matvec(self, U)
+        return real_matvec(self, U, **kw)
 
     monkeypatch.setattr(lowrank, "estimate_fisher", fisher)
     monkeypatch.setattr(lowrank.FisherVectorProducts, "matvec", matvec)

@@ -218,8 +218,8 @@ def test_nonfinite_sketch_pass_is_caught(monkeypatch):
     """A product that overflows inside a sketch pass (scores were finite) is refused, naming the example."""
     real = FisherVectorProducts.matvec
 
-    def matvec(self, U):
-        out = real(self, U).clone()
+    def matvec(self, U, **kw):
+        out = real(self, U, **kw).clone()
         out[6, 0] = float("nan")
         return out
 
