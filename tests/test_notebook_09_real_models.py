@@ -15,7 +15,7 @@ from tests.nbrun import run_notebook
 
 pytestmark = pytest.mark.notebook
 
-PARAMS = dict(n_train=300, n_test=200, cnn_epochs=6, rank=16, n_per_grammar=30, lm_steps=150,
+PARAMS = dict(n_train=300, n_test=200, cnn_epochs=10, rank=16, n_per_grammar=30, lm_steps=150,
               lm_rank=12, seed=0)
 
 
