@@ -27,20 +27,24 @@ def records(tmp_path_factory):
 
 
 def test_cnn_nfk_probes_well_with_all_or_last_block_parameters(records):
-    # probe accuracy (all / last block), seeds 0/1/2: SEEDS_PROBE
-    assert records["cnn_test_accuracy"] > 0.5
-    assert records["cnn_probe_accuracy_all"] > 0.85
-    assert records["cnn_probe_accuracy_last_block"] > 0.85
-    assert records["cnn_probe_accuracy_last_block"] > records["cnn_probe_accuracy_all"] - 0.05
+    # seeds 0/1/2: CNN test accuracy 0.755 / 0.745 / 0.830; rank-16 probe all parameters 0.890 / 0.870 /
+    # 0.935, last block + head 0.920 / 0.890 / 0.935; fit 5.1 / 5.1 / 4.2 s vs 1.5 / 1.3 / 1.5 s (shared CPU)
+    assert records["cnn_test_accuracy"] > 0.6
+    assert records["cnn_probe_accuracy_all"] > 0.8
+    assert records["cnn_probe_accuracy_last_block"] > 0.8
+    assert records["cnn_probe_accuracy_last_block"] > records["cnn_probe_accuracy_all"] - 0.03
     assert records["cnn_params_last_block"] < records["cnn_params_all"]
     assert records["cnn_fit_seconds_all"] > 0 and records["cnn_fit_seconds_last_block"] > 0
 
 
 def test_language_model_learned_and_its_nfk_finds_the_grammars(records):
-    # LM test loss, seeds 0/1/2: SEEDS_LOSS (uniform: log 16 = 2.77)
+    # LM test loss, seeds 0/1/2: 1.34 / 1.24 / 1.43 nats per token (uniform: log 16 = 2.77)
     assert records["lm_test_loss"] < math.log(16) - 0.5
-    # leave-one-out 5-NN accuracy of the grammar (chance 0.25), seeds 0/1/2: SEEDS_KNN
-    assert records["grammar_knn_nfk"] > 0.7
+    # leave-one-out 5-NN accuracy of the grammar (chance 0.25), seeds 0/1/2: NFK 0.983 / 0.908 / 0.950,
+    # mean hidden state 0.917 / 0.900 / 0.817, bigram counts 1.000 / 0.950 / 1.000
+    assert records["grammar_knn_nfk"] > 0.85
+    assert records["grammar_knn_nfk"] > records["grammar_knn_hidden"] - 0.03
     assert records["grammar_knn_bigrams"] > 0.9
+    # k-means ARI varies with the seed (NFK 0.87 / 0.23 / 0.69, hidden 0.38 / 0.23 / 0.14): reported only
     for key in ("grammar_ari_nfk", "grammar_ari_hidden", "grammar_ari_bigrams"):
         assert -1.0 <= records[key] <= 1.0
