@@ -210,9 +210,16 @@ def precise_enough(op, fisher, refit: Callable[[Any], Any]) -> tuple[Any, Any]:
     ------
     NFKError
         The scores cancel even in float64.
+
+    Notes
+    -----
+    The check needs the Fisher diagonal; the exact ``fisher="identity"`` path does not estimate it,
+    so it is not checked there.
     """
     from .layerwise import make_operator
 
+    if not bool(fisher.diag.any()):  # fisher="identity" on the exact path skips the second moment
+        return op, fisher
     while True:
         try:
             check_cancellation(fisher, op.dtype)
