@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from .elbo import VAE
 from .errors import NFKError, NFKMemoryError, NFKTypeError
 from .exact import fisher_kernel, fisher_vectors
 from .fisher import DEFAULT_DAMPING, FisherEstimate
-from .likelihoods import VAE, CausalLM, Classifier, EnergyModel, Likelihood, Regressor
+from .likelihoods import CausalLM, Classifier, EnergyModel, Likelihood, Regressor
 from .lowrank import LowRankNFK
 from .records import read_records, record
 

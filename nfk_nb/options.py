@@ -196,7 +196,9 @@ def make_likelihood(
                            f"{type(model).__name__}.")
         if not (isinstance(enc, nn.Module) and isinstance(dec, nn.Module)):
             raise NFKError("The VAE model must hold two torch modules (encoder, decoder).")
-        return L.VAE(enc, dec)
+        from .elbo import VAE
+
+        return VAE(enc, dec)
     if not isinstance(model, nn.Module):
         raise NFKError(f"MODEL is a {type(model).__name__}, not a torch.nn.Module or an nfk_nb likelihood.")
     if kind == "classifier":

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NFKError
+from ._loop import train_epochs, train_gan_epochs
 from .gan import GANResult
 from .vae import VAEResult
 
@@ -141,32 +142,8 @@ def train_conv_gan(
         raise NFKError("epochs and batch_size must be at least 1.")
     generator, discriminator = make_conv_gan(size, channels, latent_dim, width, seed)
     gen = torch.Generator().manual_seed(seed)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
-    losses: dict[str, list[float]] = {"d": [], "g": []}
-    generator.train()
-    discriminator.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=gen)
-        total_d = total_g = 0.0
-        for start in range(0, len(X), batch_size):
-            real = X[perm[start : start + batch_size]]
-            b = len(real)
-            fake = generator(torch.randn(b, latent_dim, generator=gen))
-            loss_d = F.softplus(-discriminator(real)).mean() + F.softplus(discriminator(fake.detach())).mean()
-            opt_d.zero_grad()
-            loss_d.backward()
-            opt_d.step()
-            loss_g = F.softplus(-discriminator(fake)).mean()
-            opt_g.zero_grad()
-            loss_g.backward()
-            opt_g.step()
-            total_d += loss_d.item() * b
-            total_g += loss_g.item() * b
-        losses["d"].append(total_d / len(X))
-        losses["g"].append(total_g / len(X))
-    generator.eval()
-    discriminator.eval()
+    losses = train_gan_epochs(generator, discriminator, X, latent_dim, epochs=epochs, batch_size=batch_size,
+                              lr=lr, gen=gen)
     return GANResult(generator, discriminator, latent_dim, losses)
 
 
@@ -196,24 +173,18 @@ def train_conv_vae(
     encoder, decoder = make_conv_vae(size, channels, latent_dim, width, seed)
     gen = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
-    losses: list[float] = []
     encoder.train()
     decoder.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=gen)
-        total = 0.0
-        for start in range(0, len(X), batch_size):
-            x = X[perm[start : start + batch_size]]
-            mu, logvar = encoder(x)
-            z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
-            rec = F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").flatten(1).sum(-1)
-            kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
-            loss = (rec + kl).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(x)
-        losses.append(total / len(X))
+
+    def loss_of(idx: Tensor) -> Tensor:
+        x = X[idx]
+        mu, logvar = encoder(x)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
+        rec = F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").flatten(1).sum(-1)
+        kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
+        return (rec + kl).mean()
+
+    losses = train_epochs(len(X), epochs, batch_size, gen, opt, loss_of)
     encoder.eval()
     decoder.eval()
     return VAEResult(encoder, decoder, latent_dim, losses)

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NFKError
+from ._loop import train_gan_epochs
 
 
 def make_gan(
@@ -104,34 +104,8 @@ def train_gan(
         raise NFKError("epochs and batch_size must be at least 1.")
     generator, discriminator = make_gan(X.shape[1], latent_dim, hidden, seed)
     gen = torch.Generator().manual_seed(seed)
-    opt_d = torch.optim.Adam(discriminator.parameters(), lr=lr, betas=(0.5, 0.999))
-    opt_g = torch.optim.Adam(generator.parameters(), lr=lr, betas=(0.5, 0.999))
-    losses: dict[str, list[float]] = {"d": [], "g": []}
-    generator.train()
-    discriminator.train()
-    for _ in range(epochs):
-        perm = torch.randperm(len(X), generator=gen)
-        total_d = total_g = 0.0
-        for start in range(0, len(X), batch_size):
-            real = X[perm[start : start + batch_size]]
-            b = len(real)
-            fake = generator(torch.randn(b, latent_dim, generator=gen))
-            # discriminator: real -> 1, fake -> 0 (softplus form of the logistic loss)
-            loss_d = F.softplus(-discriminator(real)).mean() + F.softplus(discriminator(fake.detach())).mean()
-            opt_d.zero_grad()
-            loss_d.backward()
-            opt_d.step()
-            # generator: non-saturating, maximise log D(G(z))
-            loss_g = F.softplus(-discriminator(fake)).mean()
-            opt_g.zero_grad()
-            loss_g.backward()
-            opt_g.step()
-            total_d += loss_d.item() * b
-            total_g += loss_g.item() * b
-        losses["d"].append(total_d / len(X))
-        losses["g"].append(total_g / len(X))
-    generator.eval()
-    discriminator.eval()
+    losses = train_gan_epochs(generator, discriminator, X, latent_dim, epochs=epochs, batch_size=batch_size,
+                              lr=lr, gen=gen)
     return GANResult(generator, discriminator, latent_dim, losses)
 
 
