@@ -59,6 +59,7 @@ def test_one_vocabulary_of_model_kinds_is_the_likelihood_families():
         "energy": options.make_likelihood(nn.Linear(4, 1), "energy", sampler=lambda n: torch.randn(n, 4)),
         "vae": options.make_likelihood((enc, dec), "vae"),
         "regression": options.make_likelihood(net, "regression", sigma=2.0),
+        "causal-lm": options.make_likelihood(nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 5)), "causal-lm"),
     }
     assert tuple(built) == options.MODEL_KINDS
     for kind, lik in built.items():
