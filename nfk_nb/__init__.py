@@ -14,7 +14,7 @@ from .exact import fisher_kernel, fisher_vectors
 from .fisher import DEFAULT_DAMPING, FisherEstimate
 from .likelihoods import CausalLM, Classifier, EnergyModel, Likelihood, Regressor
 from .lowrank import LowRankNFK
-from .records import read_records, record
+from .records import read_records, record, records_table
 
 __version__ = "0.1.0"
 
@@ -36,6 +36,7 @@ __all__ = [
     "load_ipython_extension",
     "read_records",
     "record",
+    "records_table",
     "unload_ipython_extension",
 ]
 

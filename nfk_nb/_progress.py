@@ -8,7 +8,6 @@ Math modules must not import Jupyter packages at import time, so the notebook ba
 from __future__ import annotations
 
 import sys
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -22,20 +21,30 @@ def _in_kernel() -> bool:
 
 
 class _NotebookBar:
-    """A widget bar that prints one closing text line: saved reports (papermill) keep no widget
-    state, so without it an executed notebook would show the bar's initial "0%" forever."""
+    """A tqdm widget bar that, once closed, is replaced in place by one line of text.
 
-    def __init__(self, bar: Any) -> None:
-        self._bar = bar
-        self._start = time.perf_counter()
+    The line counts the passes and names no time: the fit's own ``fit_time_`` (shown by the
+    estimator's summary) is the one fit time. Replacing the widget also keeps saved reports
+    right: papermill saves no widget state, so the bar alone would show its initial "0%" forever.
+    """
+
+    def __init__(self, total: int, desc: str) -> None:
+        from IPython.display import display
+        from tqdm.notebook import tqdm
+
+        self._bar = tqdm(total=total, desc=desc, display=False)
+        self._handle = display(self._bar.container, display_id=True)
 
     def update(self, n: int = 1) -> None:
         self._bar.update(n)
 
     def close(self) -> None:
-        done, total = self._bar.n, self._bar.total
+        done, total, desc = self._bar.n, self._bar.total, self._bar.desc
         self._bar.close()
-        print(f"{self._bar.desc}: {done}/{total} example passes in {time.perf_counter() - self._start:.1f} s")
+        state = "done" if done >= total else "stopped"
+        line = f"{desc}: {state}, {done:,}/{total:,} example passes"
+        if self._handle is not None:
+            self._handle.update({"text/plain": line}, raw=True)
 
 
 def make_bar(total: int, desc: str, enabled: bool | Callable[..., Any]) -> Any:
@@ -49,9 +58,8 @@ def make_bar(total: int, desc: str, enabled: bool | Callable[..., Any]) -> Any:
     if _in_kernel():
         try:
             import ipywidgets  # noqa: F401
-            from tqdm.notebook import tqdm
 
-            return _NotebookBar(tqdm(total=total, desc=desc))
+            return _NotebookBar(total, desc)
         except ImportError:
             pass
     from tqdm import tqdm

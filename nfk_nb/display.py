@@ -13,6 +13,7 @@ import io
 from typing import Any
 
 from .lowrank import LowRankNFK
+from .records import format_seconds
 
 
 def fit_facts(est: LowRankNFK) -> list[tuple[str, str]]:
@@ -30,7 +31,7 @@ def fit_facts(est: LowRankNFK) -> list[tuple[str, str]]:
                                f"(first: {float(ev[0]):.1%})"),
         ("Fisher", f"{est.fisher}, damping {est.damping:g}"),
         ("data", f"N = {est.n_samples_fit_}, P = {est.n_params_} parameters"),
-        ("fit time", f"{est.fit_time_:.2f} s"),
+        ("fit time", format_seconds(est.fit_time_)),
         ("device", str(est.device_)),
         ("settings", f"power_iters={est.power_iters}, oversample={est.oversample}, seed={est.seed}"),
     ]
@@ -43,7 +44,8 @@ def fit_summary_text(est: LowRankNFK, *_: Any) -> str:
     ev = float(est.explained_variance_ratio_.sum())
     return (
         f"LowRankNFK(rank={len(est.singular_values_)}, fisher={est.fisher!r}): N={est.n_samples_fit_}, "
-        f"P={est.n_params_}, explained variance {ev:.1%}, fit {est.fit_time_:.2f} s on {est.device_}"
+        f"P={est.n_params_}, explained variance {ev:.1%}, fit {format_seconds(est.fit_time_)} "
+        f"on {est.device_}"
     )
 
 

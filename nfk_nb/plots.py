@@ -136,7 +136,7 @@ def plot_embedding(E: Any, labels: Any = None, highlight: int | None = None,
                 m = codes == i
                 ax.scatter(xy[m, 0], xy[m, 1], s=8, alpha=0.7, color=f"C{i % 10}",
                            marker="o" if i < 10 else "^", label=str(c))
-            ax.legend(fontsize=7, markerscale=1.5, loc="best", ncol=2 if len(classes) > 10 else 1)
+            ax.legend(fontsize=8.5, markerscale=1.5, loc="best", ncol=2 if len(classes) > 10 else 1)
         else:
             values = lab.astype(float) if lab.dtype.kind in "iufb" else codes.astype(float)
             sc = ax.scatter(xy[:, 0], xy[:, 1], s=8, c=values, cmap="viridis")
@@ -180,6 +180,48 @@ def plot_kernel(K: Any, labels: Any = None, title: str | None = None) -> Figure:
     return fig
 
 
+def example_image(images: Any, i: int, shape: tuple[int, int] | None = None) -> np.ndarray:
+    """Example ``i`` of ``images`` as a 2-D (grey) or (H, W, 3) array in [0, 1] for RGB.
+
+    Flat rows are reshaped with ``shape``; (N, C, H, W) and (N, H, W[, C]) arrays need none.
+    """
+    X = as_numpy(images)
+    a = X[i]
+    if shape is not None:
+        if a.size % (shape[0] * shape[1]):
+            raise NFKError(f"An example of {a.size} values cannot be shown as {shape[0]}×{shape[1]} images.")
+        a = a.reshape(-1, shape[0], shape[1])
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a[:3], 0, -1)
+    elif a.ndim == 3 and a.shape[0] in (1, 3):
+        a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
+    if a.ndim not in (2, 3):
+        raise NFKError(f"Cannot show an example of shape {X[i].shape} as an image; pass shape=(H, W).")
+    if a.ndim == 3:
+        a = (a - a.min()) / (np.ptp(a) or 1.0)
+    return a
+
+
+def _draw_neighbours(axes: Sequence[Any], images: Any, idx: Sequence[int], shape: tuple[int, int] | None,
+                     labels: Any, similarities: Sequence[float] | None, fontsize: float) -> None:
+    lab = None if labels is None else as_numpy(labels)
+    for j, (ax, i) in enumerate(zip(axes, idx)):
+        ax.imshow(example_image(images, i, shape), cmap="gray_r", interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        # two short lines: nine thumbnails fit a 7-inch row at 9 pt
+        label = "" if lab is None else f"y={lab[i]}"
+        if j == 0:
+            text = f"query #{i}\n{label}"
+        else:
+            cos = "" if similarities is None else f"cos={similarities[j - 1]:.2f}"
+            text = f"#{i} {label}\n{cos}"
+        ax.set_title(text, fontsize=fontsize)
+        if j == 0:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("C3")
+                spine.set_linewidth(2)
+
+
 def plot_neighbours(images: Any, query_idx: int, neighbour_idx: Sequence[int],
                     shape: tuple[int, int] | None = None, labels: Any = None,
                     similarities: Sequence[float] | None = None) -> Figure:
@@ -197,43 +239,41 @@ def plot_neighbours(images: Any, query_idx: int, neighbour_idx: Sequence[int],
     similarities : sequence of float, optional
         One per neighbour (e.g. cosine similarity).
     """
-    X = as_numpy(images)
     idx = [int(query_idx), *[int(i) for i in neighbour_idx]]
-
-    def img(i: int) -> np.ndarray:
-        a = X[i]
-        if shape is not None:
-            if a.size % (shape[0] * shape[1]):
-                raise NFKError(f"An example of {a.size} values cannot be shown as {shape[0]}×{shape[1]} "
-                               f"images.")
-            a = a.reshape(-1, shape[0], shape[1])
-            a = a[0] if a.shape[0] == 1 else np.moveaxis(a[:3], 0, -1)
-        elif a.ndim == 3 and a.shape[0] in (1, 3):
-            a = a[0] if a.shape[0] == 1 else np.moveaxis(a, 0, -1)
-        if a.ndim not in (2, 3):
-            raise NFKError(f"Cannot show an example of shape {X[i].shape} as an image; pass shape=(H, W).")
-        if a.ndim == 3:
-            a = (a - a.min()) / (np.ptp(a) or 1.0)
-        return a
-
     n = len(idx)
-    fig = Figure(figsize=(1.25 * n, 1.6), layout="constrained")
+    fig = Figure(figsize=(1.25 * n, 1.7), layout="constrained")
     axes = np.atleast_1d(fig.subplots(1, n))
+    _draw_neighbours(axes, images, idx, shape, labels, similarities, fontsize=9)
+    return fig
+
+
+def plot_explorer(E: Any, labels: Any = None, index: int = 0, neighbours: Sequence[int] = (),
+                  images: Any = None, shape: tuple[int, int] | None = None,
+                  similarities: Sequence[float] | None = None) -> Figure:
+    """A still picture of the embedding explorer: the scatter with the selected point, then its
+    neighbours (a row of images, or a list beside the scatter). 7.2 inches wide; text >= 9 pt.
+
+    This is the static fallback saved with the explorer widget, which HTML reports show.
+    """
+    nb = [int(j) for j in neighbours]
+    if images is not None:
+        fig = Figure(figsize=(7.2, 5.3), layout="constrained")
+        top, bottom = fig.subfigures(2, 1, height_ratios=[4.1, 1.2])
+        plot_embedding(E, labels, highlight=index, neighbours=nb, ax=top.subplots())
+        axes = np.atleast_1d(bottom.subplots(1, 1 + len(nb)))
+        _draw_neighbours(axes, images, [int(index), *nb], shape, labels, similarities, fontsize=9)
+        return fig
+    fig = Figure(figsize=(7.2, 4.1), layout="constrained")
+    ax, side = fig.subplots(1, 2, width_ratios=[3.2, 1])
+    plot_embedding(E, labels, highlight=index, neighbours=nb, ax=ax)
+    side.axis("off")
     lab = None if labels is None else as_numpy(labels)
-    for j, (ax, i) in enumerate(zip(axes, idx)):
-        ax.imshow(img(i), cmap="gray_r", interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        text = "query" if j == 0 else f"#{i}"
-        if lab is not None:
-            text += f"\ny={lab[i]}"
-        if j > 0 and similarities is not None:
-            text += f" cos={similarities[j - 1]:.2f}"
-        ax.set_title(text, fontsize=7)
-        if j == 0:
-            for spine in ax.spines.values():
-                spine.set_edgecolor("C3")
-                spine.set_linewidth(2)
+    rows = ["neighbour  label  cos"] + [
+        f"#{j:<8} {'' if lab is None else lab[j]!s:>5}  "
+        f"{'' if similarities is None else format(similarities[k], '.2f')}"
+        for k, j in enumerate(nb)
+    ]
+    side.text(0, 1, "\n".join(rows), va="top", family="monospace", fontsize=9, transform=side.transAxes)
     return fig
 
 

@@ -22,9 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from .errors import NFKError
-from .records import read_records
+from .records import format_value, read_records
 
-DEFAULT_KERNEL = "nfk_nb"
+# The kernel every tutorial names: ipykernel's own, present in any Jupyter (`make lab`'s, Binder's).
+DEFAULT_KERNEL = "python3"
 DEFAULT_TIMEOUT = 600
 NOTEBOOK_PATTERN = re.compile(r"^\d\d_.+\.ipynb$")
 THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -47,17 +48,33 @@ class RunResult:
 
 
 def pick_kernel(name: str | None = None) -> str:
-    """``name`` if given, else ``"nfk_nb"`` when that kernelspec is installed, else ``"python3"``."""
-    if name:
-        return name
-    try:
-        from jupyter_client.kernelspec import KernelSpecManager
+    """``name`` if given, else ``"python3"``: the kernel the tutorials name in their metadata."""
+    return name or DEFAULT_KERNEL
 
-        if DEFAULT_KERNEL in KernelSpecManager().find_kernel_specs():
-            return DEFAULT_KERNEL
-    except Exception:  # noqa: BLE001 - a broken Jupyter config must not stop a run
-        pass
-    return "python3"
+
+def kernel_manager_kwargs() -> dict[str, Any]:
+    """papermill/nbclient arguments for a kernel whose transport is encrypted (CurveZMQ) when possible.
+
+    A kernel on plain TCP warns "Kernel is running over TCP without encryption" on stderr at start;
+    jupyter_client >= 8.10 can hand the kernel CurveZMQ keys instead, when pyzmq supports Curve and
+    the kernelspec says ipykernel does. Elsewhere nothing changes.
+    """
+    try:
+        import zmq
+        from jupyter_client.manager import AsyncKernelManager
+    except ImportError:  # pragma: no cover - dependencies of papermill
+        return {}
+    if not zmq.has("curve") or not AsyncKernelManager.class_traits().get("transport_encryption"):
+        return {}
+
+    class EncryptedKernelManager(AsyncKernelManager):  # type: ignore[misc, valid-type]
+        """Provisions CurveZMQ keys for kernels whose spec declares support."""
+
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            self.transport_encryption = "auto"
+
+    return {"kernel_manager_class": EncryptedKernelManager}
 
 
 def parse_value(text: str) -> Any:
@@ -75,14 +92,18 @@ def parse_value(text: str) -> Any:
 
 
 def write_html(notebook: str | os.PathLike, html: str | os.PathLike) -> Path:
-    """Export an executed notebook to a standalone HTML file with nbconvert."""
+    """Export an executed notebook to a standalone HTML file that reads complete offline.
+
+    Math is rendered to MathML at export and no script is loaded from a network (see
+    :mod:`nfk_nb.export`); widgets show the static picture saved with them.
+    """
     import nbformat
-    from nbconvert import HTMLExporter
+
+    from .export import offline_html
 
     nb = nbformat.read(str(notebook), as_version=4)
-    body, _ = HTMLExporter().from_notebook_node(nb)
     out = Path(html)
-    out.write_text(body, encoding="utf-8")
+    out.write_text(offline_html(nb), encoding="utf-8")
     return out
 
 
@@ -107,7 +128,7 @@ def run_notebook(
     parameters : dict, optional
         Values injected after the ``parameters``-tagged cell.
     kernel_name : str, optional
-        Jupyter kernel; default ``"nfk_nb"`` if installed, else ``"python3"``.
+        Jupyter kernel; default ``"python3"``, the kernel the tutorials name.
     timeout : int, optional
         Per-cell execution timeout in seconds (``None``: no limit).
     html : bool
@@ -145,6 +166,7 @@ def run_notebook(
         pm.execute_notebook(
             str(src), str(dest), parameters=parameters or {}, kernel_name=pick_kernel(kernel_name),
             execution_timeout=timeout, progress_bar=False, cwd=str(src.resolve().parent),
+            **kernel_manager_kwargs(),
         )
     except Exception as exc:  # noqa: BLE001 - recorded, then re-raised or reported
         failure = exc
@@ -241,7 +263,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=int, default=DEFAULT_TIMEOUT,
                         help=f"per-cell timeout in seconds (default: {DEFAULT_TIMEOUT})")
     parser.add_argument("--kernel", default=None,
-                        help="Jupyter kernel (default: nfk_nb if installed, else python3)")
+                        help=f"Jupyter kernel (default: {DEFAULT_KERNEL}, the one the tutorials name)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads per kernel (sets OMP_NUM_THREADS; 1 is fastest on a busy CPU)")
     parser.add_argument("--no-html", action="store_true", help="skip the HTML report")
@@ -277,7 +299,7 @@ def run_command(args: argparse.Namespace) -> int:
             failed += 1
             print(f"      {res.error}", flush=True)
         for name, value in res.records.items():
-            print(f"      {name} = {value!r}", flush=True)
+            print(f"      {name} = {format_value(value)}", flush=True)
     if len(paths) > 1:
         print(f"{len(paths) - failed}/{len(paths)} notebooks ran without error.")
     return 1 if failed else 0

@@ -1,25 +1,34 @@
 """ipywidgets views: :class:`EmbeddingExplorer`, what the model thinks is similar.
 
-The explorer is plain ipywidgets plus PNG images drawn with matplotlib (no ipympl needed), so it
-renders in JupyterLab, VS Code and Binder alike, and it is fully driven by traits: setting
-``explorer.index = 5`` (or moving the slider) recomputes ``explorer.neighbours`` and redraws both
-views, which is also how the tests drive it headless. Progress bars come from the core
+The explorer is a slider, a "random point" button and one :class:`ExplorerView` (an anywidget
+that draws the scatter in the browser at the screen's pixel density: crisp on 2x screens; hover a
+point to see its index and label, click it to select it). Everything is driven by traits: setting
+``explorer.index = 5``, moving the slider, or a click (which sets ``explorer.view.index``)
+recomputes ``explorer.neighbours`` and the view's items, which is also how the tests drive it
+headless. Displayed, the explorer also carries a still picture (``image/png``), so saved reports
+and frontends without widgets show it too. Progress bars come from the core
 (``nfk_nb._progress``: a tqdm widget inside a kernel, text elsewhere).
 """
 
 from __future__ import annotations
 
+import base64
 import html
+import io
+from pathlib import Path
 from typing import Any
 
+import anywidget
 import ipywidgets as widgets
 import numpy as np
 import traitlets
 
-from .display import figure_png
 from .errors import NFKError
 from .evaluate import as_numpy
-from .plots import plot_embedding, plot_neighbours
+from .plots import example_image, plot_explorer, project_2d
+
+STATIC = Path(__file__).parent / "static"
+SNAPSHOT_DPI = 200  # the still picture is stored at 2x its display size (100 dpi)
 
 
 def cosine_neighbours(E: np.ndarray, index: int, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -38,9 +47,73 @@ def cosine_neighbours(E: np.ndarray, index: int, k: int) -> tuple[np.ndarray, np
     return top, sims[top]
 
 
+def point_colours(labels: Any, n: int) -> tuple[list[str], list[list[str]]]:
+    """Per-point colours and the legend ``[[class, colour], ...]``, as :func:`plot_embedding` draws them.
+
+    Up to 20 classes get matplotlib's ten-colour cycle and a legend; more (or continuous values) a
+    viridis scale and no legend.
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    if labels is None:
+        return [to_hex("C0")] * n, []
+    lab = as_numpy(labels)
+    classes, codes = np.unique(lab, return_inverse=True)
+    if len(classes) <= 20:
+        palette = [to_hex(f"C{i % 10}") for i in range(len(classes))]
+        return [palette[c] for c in codes], [[str(c), palette[i]] for i, c in enumerate(classes)]
+    values = lab.astype(float) if lab.dtype.kind in "iufb" else codes.astype(float)
+    span = float(np.ptp(values)) or 1.0
+    cmap = colormaps["viridis"]
+    return [to_hex(cmap((v - values.min()) / span)) for v in values], []
+
+
+def _png_data_url(image: np.ndarray) -> str:
+    """A ``data:`` URL of one example as a PNG at its own resolution (the browser scales it up)."""
+    from matplotlib.image import imsave
+
+    buf = io.BytesIO()
+    if image.ndim == 2:
+        imsave(buf, image, cmap="gray_r", format="png")
+    else:
+        imsave(buf, np.clip(image, 0.0, 1.0), format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class ExplorerView(anywidget.AnyWidget):
+    """The browser side of the explorer: scatter (hover, click), neighbour thumbnails or table.
+
+    Python sets everything but ``index``, which a click in the scatter (or on a neighbour) sets.
+    Sizes are CSS pixels; the canvas is drawn at the screen's pixel density.
+    """
+
+    _esm = STATIC / "explorer.js"
+    _css = STATIC / "explorer.css"
+
+    points = traitlets.List().tag(sync=True)  # [[x, y], ...] in data coordinates
+    colors = traitlets.List().tag(sync=True)  # one CSS colour per point
+    labels = traitlets.List().tag(sync=True)  # one label per point (shown on hover), or empty
+    legend = traitlets.List().tag(sync=True)  # [[class, colour], ...]
+    title = traitlets.Unicode("").tag(sync=True)
+    xlabel = traitlets.Unicode("PC 1").tag(sync=True)
+    ylabel = traitlets.Unicode("PC 2").tag(sync=True)
+    width = traitlets.Int(620).tag(sync=True)
+    height = traitlets.Int(380).tag(sync=True)
+    thumb = traitlets.Int(64).tag(sync=True)  # thumbnail width in px
+    index = traitlets.Int(0).tag(sync=True)
+    neighbours = traitlets.List().tag(sync=True)
+    # the selected point then its neighbours: {index, label, cosine, src (data URL or ""), query}
+    items = traitlets.List().tag(sync=True)
+
+
 class EmbeddingExplorer(widgets.VBox):
     """Interactive view of an NFK embedding: a 2-D scatter coloured by label and, for a chosen
     point, its nearest neighbours in NFK space (cosine similarity), as images when possible.
+
+    Select a point with the slider (arrow keys once it has focus), the "random point" button, a
+    click on it in the scatter or on a neighbour; hovering a point shows its index and label.
+    The whole explorer is about 560 px tall with images (about 440 px without).
 
     Parameters
     ----------
@@ -60,11 +133,13 @@ class EmbeddingExplorer(widgets.VBox):
     Attributes
     ----------
     index : Int trait
-        The selected point; set it (or move the slider) to explore.
+        The selected point; set it (or move the slider, or click) to explore.
     neighbours : Tuple trait
         Indices of the selected point's nearest neighbours, best first.
     similarities : Tuple trait
         Their cosine similarities to the selected point.
+    view : ExplorerView
+        The browser view; ``view.index`` is what a click sets.
     """
 
     index = traitlets.Int(0)
@@ -90,6 +165,10 @@ class EmbeddingExplorer(widgets.VBox):
         if int(n_neighbours) < 1:
             raise NFKError(f"n_neighbours must be at least 1, got {n_neighbours}.")
         self.n_neighbours = min(int(n_neighbours), n - 1)
+        if not 0 <= int(index) < n:
+            raise NFKError(f"index must be between 0 and {n - 1}, got {index}.")
+        if self.images is not None:
+            example_image(self.images, 0, shape)  # an unshowable shape fails here, not on display
 
         self.slider = widgets.IntSlider(value=0, min=0, max=n - 1, description="point",
                                         continuous_update=False)
@@ -97,19 +176,30 @@ class EmbeddingExplorer(widgets.VBox):
         self.random_button.on_click(self._random)
         self._rng = np.random.default_rng(0)
         self.info = widgets.HTML()
-        self.scatter = widgets.Image(format="png")
-        self.neighbour_view = widgets.Image(format="png") if self.images is not None else widgets.HTML()
-        # a neighbour table fits beside the scatter; a row of images goes below it
-        box = widgets.VBox if self.images is not None else widgets.HBox
-        views = box([self.scatter, self.neighbour_view])
-        super().__init__(children=[widgets.HBox([self.slider, self.random_button]), self.info, views])
+        self.view = self._make_view()
+        super().__init__(children=[widgets.HBox([self.slider, self.random_button]), self.info, self.view])
         traitlets.link((self.slider, "value"), (self, "index"))
+        traitlets.link((self.view, "index"), (self, "index"))
         self.observe(self._update, names="index")
-        if not 0 <= int(index) < n:
-            raise NFKError(f"index must be between 0 and {n - 1}, got {index}.")
         if int(index) == self.index:
             self._update()
         self.index = int(index)
+
+    def _make_view(self) -> ExplorerView:
+        xy = project_2d(self.embedding)
+        colors, legend = point_colours(self.labels, len(xy))
+        k = self.embedding.shape[1]
+        thumb = 64
+        if self.images is not None:
+            w = example_image(self.images, 0, self.shape).shape[1]
+            thumb = int(min(max(64, w), 96))
+        return ExplorerView(
+            points=np.round(xy, 5).tolist(), colors=colors, legend=legend,
+            labels=[] if self.labels is None else [str(v) for v in self.labels.tolist()],
+            title=f"NFK embedding ({len(xy)} points, k={k}): hover to see a point, click to select it",
+            xlabel="component 1" if k <= 2 else "PC 1", ylabel="component 2" if k <= 2 else "PC 2",
+            width=620 if self.images is not None else 480, height=380, thumb=thumb,
+        )
 
     @traitlets.validate("index")
     def _valid_index(self, proposal: dict[str, Any]) -> int:
@@ -130,6 +220,11 @@ class EmbeddingExplorer(widgets.VBox):
         nb = np.asarray(self.neighbours)
         return float((self.labels[nb] == self.labels[self.index]).mean())
 
+    def _item(self, j: int, cosine: float | None) -> dict[str, Any]:
+        src = "" if self.images is None else _png_data_url(example_image(self.images, j, self.shape))
+        return {"index": j, "label": None if self.labels is None else str(self.labels[j]),
+                "cosine": None if cosine is None else f"{cosine:.2f}", "src": src, "query": cosine is None}
+
     def _update(self, _: Any = None) -> None:
         i = self.index
         nb, sims = cosine_neighbours(self.embedding, i, self.n_neighbours)
@@ -140,20 +235,31 @@ class EmbeddingExplorer(widgets.VBox):
         agree_txt = "" if agree is None else f"; {agree:.0%} share its label"
         self.info.value = (f"<b>point #{i}</b>{lab}: {len(nb)} nearest neighbours in NFK space "
                            f"(cosine){agree_txt}")
-        self.scatter.value = figure_png(plot_embedding(self.embedding, self.labels, highlight=i,
-                                                       neighbours=nb))
-        if self.images is not None:
-            fig = plot_neighbours(self.images, i, nb, self.shape, self.labels, sims)
-            self.neighbour_view.value = figure_png(fig)
-        else:
-            rows = "".join(
-                f"<tr><td>#{j}</td><td>{'' if self.labels is None else html.escape(str(self.labels[j]))}"
-                f"</td><td>{s:.3f}</td></tr>"
-                for j, s in zip(nb, sims)
-            )
-            self.neighbour_view.value = (
-                "<table><tr><th>neighbour</th><th>label</th><th>cosine</th></tr>" + rows + "</table>"
-            )
+        with self.view.hold_sync():
+            self.view.index = i
+            self.view.neighbours = list(self.neighbours)
+            self.view.items = [self._item(i, None)] + [self._item(int(j), float(s)) for j, s in zip(nb, sims)]
+
+    def snapshot(self) -> tuple[bytes, dict[str, int]]:
+        """The still picture of the current state: PNG bytes at 2x and its display ``width``/``height``."""
+        fig = plot_explorer(self.embedding, self.labels, self.index, self.neighbours, self.images,
+                            self.shape, self.similarities)
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=SNAPSHOT_DPI)
+        png = buf.getvalue()
+        w, h = (int.from_bytes(png[o:o + 4], "big") for o in (16, 20))  # the PNG header's IHDR size
+        scale = SNAPSHOT_DPI // 100
+        return png, {"width": w // scale, "height": h // scale}
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """The widget view plus the still picture (``image/png``) that reports fall back to."""
+        bundle = super()._repr_mimebundle_(**kwargs)
+        if bundle is None:
+            return None
+        data, meta = bundle if isinstance(bundle, tuple) else (bundle, {})
+        png, size = self.snapshot()
+        data = {**data, "image/png": base64.b64encode(png).decode("ascii")}
+        return data, {**meta, "image/png": size}
 
     def __repr__(self) -> str:
         n, k = self.embedding.shape
