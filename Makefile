@@ -1,19 +1,26 @@
-# `make test` and `make demo` work on a fresh clone: they build .venv, install the package with the
-# CPU torch pinned in constraints.txt, register the Jupyter kernel inside the venv, then do their job.
+# `make test`, `make demo` and `make lab` work on a fresh clone: they build .venv, install the package
+# with the CPU torch pinned in constraints.txt, register the Jupyter kernel inside the venv, then do their job.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-KERNEL := nfk_nb
+# The kernel every tutorial names: ipykernel's own name, so the notebooks open unchanged here and on Binder.
+KERNEL := python3
 STAMP := $(VENV)/.installed
+LAB_STAMP := $(VENV)/.lab-installed
+LAB_PORT ?= 8888
 
-.PHONY: install test demo lint bench clean strip
+.PHONY: install test demo lab lint bench clean strip
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
-	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python (nfk_nb)"
+	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (ipykernel)"
 	touch $(STAMP)
+
+$(LAB_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,lab]"
+	touch $(LAB_STAMP)
 
 install: $(STAMP)
 
@@ -22,6 +29,12 @@ test: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/nfk-nb run notebooks/01_quickstart.ipynb --out reports
+
+# JupyterLab from the venv on the tutorials, loopback only; it prints the URL (with its token) to open.
+lab: $(LAB_STAMP)
+	@echo "Starting JupyterLab on notebooks/ (kernel: $(KERNEL) from $(VENV)); Ctrl-C twice stops it."
+	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
+		--KernelManager.transport_encryption=auto $(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nfk_nb tests benchmarks

@@ -29,6 +29,7 @@ math[display="block"] { margin: 0.6em 0; }
 {%- endblock extra_css -%}
 """
 
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 # fenced code blocks and inline code spans keep their dollars
 _CODE = re.compile(r"(```.*?```|~~~.*?~~~|`[^`\n]*`)", re.S)
 # $$display$$ first, then $inline$ (not $ followed by a space or a digit run like "$5 and $6")
@@ -66,13 +67,21 @@ def markdown_math_to_mathml(source: str) -> str:
 
 
 def offline_notebook(nb: Any) -> Any:
-    """A copy of ``nb`` for reading: markdown math as MathML, the invisible ``nfk.record`` outputs gone."""
+    """A copy of ``nb`` for reading offline.
+
+    Markdown math becomes MathML; the invisible ``nfk.record`` outputs go; widget views go too
+    (with the widget state nbclient saves), since their JavaScript manager would come from a CDN:
+    each widget output shows its fallback instead, the picture nfk_nb's widgets save beside it.
+    """
     nb = copy.deepcopy(nb)
+    nb.metadata.pop("widgets", None)
     for cell in nb.cells:
         if cell.cell_type == "markdown":
             cell.source = markdown_math_to_mathml(cell.source)
         elif cell.cell_type == "code":
             cell.outputs = [o for o in cell.outputs if set(o.get("data", {})) != {MIME}]
+            for out in cell.outputs:
+                out.get("data", {}).pop(WIDGET_VIEW, None)
     return nb
 
 

@@ -10,7 +10,7 @@ from nfk_nb.report import run_notebook as run_report
 
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = ROOT / "notebooks"
-KERNEL = "nfk_nb"
+KERNEL = "python3"  # the kernel every tutorial names (nfk_nb.report.DEFAULT_KERNEL)
 
 
 def run_notebook(name: str, out_dir: Path, parameters: dict[str, Any] | None = None,

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from IPython.core.inputtransformer2 import TransformerManager
 
+from nfk_nb.report import DEFAULT_KERNEL
+
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
@@ -115,7 +117,7 @@ def test_post_build_installs_registers_kernel_and_enables_extension():
     lines = [s.strip() for s in post.read_text().splitlines() if s.strip() and not s.startswith("#")]
     assert lines[0] == "set -euo pipefail"
     assert any(re.search(r"pip install .*-e \.$", s) for s in lines)
-    assert any("ipykernel install" in s and "--name nfk_nb" in s for s in lines)
+    assert any("ipykernel install" in s and f"--name {DEFAULT_KERNEL}" in s for s in lines)
     assert "nfk-nb enable-extension" in lines
 
 
@@ -129,6 +131,14 @@ def test_import_scanner_sees_imports_inside_cells_with_magics(tmp_path):
     found = notebook_imports(p)
     assert found == {"numpy", "os", "sklearn", "scipy"}
     assert {distribution(m) for m in found} == {"numpy", None, "scikit-learn", "scipy"}
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_every_notebook_names_the_kernel_that_binder_and_make_lab_register(path):
+    spec = json.loads(path.read_text(encoding="utf-8"))["metadata"]["kernelspec"]
+    assert spec["name"] == DEFAULT_KERNEL and spec["language"] == "python"
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(rf"ipykernel install --sys-prefix --name {DEFAULT_KERNEL}\b", makefile)
 
 
 def test_post_build_commands_exist():

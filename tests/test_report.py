@@ -35,7 +35,7 @@ def tiny(tmp_path: Path) -> Path:
     folder.mkdir()
     return _notebook(folder / "01_tiny.ipynb",
                      "import os\nnfk.record('total', n * scale)\nnfk.record('name', name)\n"
-                     "nfk.record('threads', os.environ.get('OMP_NUM_THREADS'))")
+                     "nfk.record('threads', os.environ.get('OMP_NUM_THREADS'))\nnfk.records_table()")
 
 
 @pytest.mark.parametrize("text, value", [
@@ -47,12 +47,12 @@ def test_parse_value_like_papermill(text, value):
     assert got == value and type(got) is type(value)
 
 
-def test_pick_kernel_prefers_explicit_then_nfk_nb():
-    assert pick_kernel("python3") == "python3"
-    assert pick_kernel() in ("nfk_nb", "python3")
+def test_pick_kernel_is_explicit_else_the_tutorials_kernel():
+    assert pick_kernel("other") == "other"
+    assert pick_kernel() == "python3"
 
 
-def test_cli_run_writes_notebook_html_and_records(tiny, tmp_path, capsys, monkeypatch):
+def test_cli_run_writes_notebook_html_and_records(tiny, tmp_path, capfd, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     out = tmp_path / "reports"
     rc = main(["run", str(tiny), "-p", "n", "7", "-p", "name", "zz", "--out", str(out), "--timeout", "120",
@@ -63,9 +63,10 @@ def test_cli_run_writes_notebook_html_and_records(tiny, tmp_path, capsys, monkey
     assert read_records(executed) == {"total": 3.5, "name": "zz", "threads": "1"}
     assert os.environ["OMP_NUM_THREADS"] == "5"  # restored after the run
     page = html.read_text(encoding="utf-8")
-    assert "<html" in page and "total = 3.5" in page
-    printed = capsys.readouterr().out
+    assert "<html" in page and "Recorded metrics" in page and ">3.5</td>" in page
+    printed, errors = capfd.readouterr()  # file descriptors: the kernel's own stderr included
     assert "ok" in printed and "total = 3.5" in printed
+    assert "without encryption" not in printed + errors
 
 
 def test_run_all_continues_after_a_failure_and_exits_nonzero(tmp_path, capsys):
