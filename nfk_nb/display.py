@@ -106,22 +106,36 @@ class ProbeResult(float):
         return html_table("Linear probe", [("accuracy", f"{float(self):.4f}"), ("how", self.describe())])
 
 
-def figure_png(fig: Any) -> bytes:
+FIGURE_DPI = 90  # display size: a 9-inch figure is 810 px wide
+
+
+def figure_png(fig: Any, dpi: int = FIGURE_DPI) -> bytes:
     """PNG bytes of a matplotlib Figure (works headless, no pyplot state)."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     return buf.getvalue()
 
 
-def _figure_png_printer(fig: Any) -> bytes:
-    return figure_png(fig)
+def figure_png_2x(fig: Any) -> tuple[bytes, dict[str, int]]:
+    """A Figure as PNG at twice its display resolution, with the display ``width``/``height``.
+
+    Frontends and HTML reports draw it at its display size, so it stays crisp on 2x screens.
+    """
+    png = figure_png(fig, dpi=2 * FIGURE_DPI)
+    w, h = (int.from_bytes(png[o:o + 4], "big") for o in (16, 20))  # the PNG header's IHDR size
+    return png, {"width": w // 2, "height": h // 2}
+
+
+def _figure_png_printer(fig: Any) -> tuple[bytes, dict[str, int]]:
+    return figure_png_2x(fig)
 
 
 def show_figure(fig: Any, label: str = "figure") -> None:
-    """Display a Figure as PNG with a ``text/plain`` fallback, in any IPython frontend."""
+    """Display a Figure as PNG (2x, drawn at display size) with a ``text/plain`` fallback."""
     from IPython.display import display
 
-    display({"image/png": figure_png(fig), "text/plain": f"<nfk_nb {label}>"}, raw=True)
+    png, size = figure_png_2x(fig)
+    display({"image/png": png, "text/plain": f"<nfk_nb {label}>"}, metadata={"image/png": size}, raw=True)
 
 
 def register_formatters(shell: Any) -> None:

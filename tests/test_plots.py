@@ -123,3 +123,13 @@ def test_neighbour_grid():
         plot_neighbours(images, 0, [1], shape=(7, 7))
     with pytest.raises(NFKError, match="shape=\\(H, W\\)"):
         plot_neighbours(images, 0, [1])
+
+
+def test_figures_are_displayed_at_twice_their_display_resolution():
+    from nfk_nb.display import FIGURE_DPI, figure_png_2x
+
+    fig = plot_spectrum(np.array([3.0, 2.0, 1.0]))
+    png, size = figure_png_2x(fig)
+    w, h = (int.from_bytes(png[o:o + 4], "big") for o in (16, 20))
+    assert (w // 2, h // 2) == (size["width"], size["height"])
+    assert abs(size["width"] - 9 * FIGURE_DPI) < 0.1 * 9 * FIGURE_DPI  # a 9-inch figure, tight bbox
