@@ -138,7 +138,8 @@ def test_every_notebook_names_the_kernel_that_binder_and_make_lab_register(path)
     spec = json.loads(path.read_text(encoding="utf-8"))["metadata"]["kernelspec"]
     assert spec["name"] == DEFAULT_KERNEL and spec["language"] == "python"
     makefile = (ROOT / "Makefile").read_text()
-    assert re.search(rf"ipykernel install --sys-prefix --name {DEFAULT_KERNEL}\b", makefile)
+    assert re.search(rf"^KERNEL := {DEFAULT_KERNEL}$", makefile, re.M)
+    assert "ipykernel install --sys-prefix --name $(KERNEL)" in makefile
 
 
 def test_post_build_commands_exist():
