@@ -129,6 +129,14 @@ async def _run_cells(url: str, cells: list[str]) -> list[list[dict[str, Any]]]:
     return results
 
 
+def test_make_lab_starts_the_server_this_test_starts():
+    recipe = (NOTEBOOKS.parent / "Makefile").read_text().split("\nlab:", 1)[1].split("\n\n", 1)[0]
+    for flag in ("jupyter lab", "--notebook-dir=notebooks", "--ServerApp.ip=127.0.0.1",
+                 "--KernelManager.transport_encryption=auto"):
+        assert flag in recipe
+    assert "$(LAB_STAMP)" in recipe.splitlines()[0]  # installs the [lab] extra first
+
+
 @pytest.mark.timeout(420)
 def test_a_tutorial_runs_all_cells_through_a_jupyter_server(tmp_path):
     root = tmp_path / "notebooks"
