@@ -196,7 +196,7 @@ class EmbeddingExplorer(widgets.VBox):
         return ExplorerView(
             points=np.round(xy, 5).tolist(), colors=colors, legend=legend,
             labels=[] if self.labels is None else [str(v) for v in self.labels.tolist()],
-            title=f"NFK embedding ({len(xy)} points, k={k}): hover to see a point, click to select it",
+            title=f"NFK embedding ({len(xy)} points, k={k})",
             xlabel="component 1" if k <= 2 else "PC 1", ylabel="component 2" if k <= 2 else "PC 2",
             width=620 if self.images is not None else 480, height=380, thumb=thumb,
         )
@@ -234,7 +234,8 @@ class EmbeddingExplorer(widgets.VBox):
         agree = self.label_agreement
         agree_txt = "" if agree is None else f"; {agree:.0%} share its label"
         self.info.value = (f"<b>point #{i}</b>{lab}: {len(nb)} nearest neighbours in NFK space "
-                           f"(cosine){agree_txt}")
+                           f"(cosine){agree_txt} <span style='color:#777'>· hover a point to see it, "
+                           f"click to select it</span>")
         with self.view.hold_sync():
             self.view.index = i
             self.view.neighbours = list(self.neighbours)
