@@ -23,6 +23,7 @@ from .errors import NFKError
 from .launch import DEFAULT_TIMEOUT_S, _split, fit_workers
 from .options import DEFAULTS, DTYPES, FISHER_KINDS, HELP, SKETCHES, make_likelihood
 from .process_group import init_from_env
+from .records import format_seconds
 
 ESTIMATOR_ARGS = ("rank", "fisher", "damping", "power_iters", "oversample", "batch_size", "seed",
                   "whiten", "chunk_size", "sketch")
@@ -142,7 +143,8 @@ def _fit_distributed(args: argparse.Namespace) -> int:
     if rank == 0:
         _write_outputs(Path(args.out), est, embedding, world)
         print(f"nfk-nb fit: {len(embedding)} examples x {embedding.shape[1]} dims on {world} process(es) "
-              f"in {est.fit_time_:.1f} s -> {args.out}/ (embedding.safetensors, estimator.safetensors)")
+              f"in {format_seconds(est.fit_time_)} -> {args.out}/ "
+              "(embedding.safetensors, estimator.safetensors)")
     if world > 1:
         dist.barrier()
         dist.destroy_process_group()
@@ -156,7 +158,7 @@ def _fit_local_workers(args: argparse.Namespace) -> int:
     embedding = fit_workers(est, ns["data"], workers=args.workers, timeout=None)
     _write_outputs(Path(args.out), est, embedding, args.workers)
     print(f"nfk-nb fit: {len(embedding)} examples x {embedding.shape[1]} dims on {args.workers} "
-          f"worker(s) in {est.fit_time_:.1f} s -> {args.out}/")
+          f"worker(s) in {format_seconds(est.fit_time_)} -> {args.out}/")
     return 0
 
 
