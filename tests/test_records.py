@@ -13,6 +13,8 @@ import nfk_nb as nfk
 from nfk_nb import records
 from nfk_nb.records import MIME, format_value
 
+from .nbrun import NOTEBOOKS
+
 
 @pytest.fixture
 def session(monkeypatch):
@@ -71,3 +73,11 @@ def test_records_table_shows_each_metric_once_in_order(session):
     for i in range(40):
         nfk.record(f"m{i}", i / 7)
     assert nfk.records_table()._repr_html_().count("<table") == 3  # long lists flow into columns
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb")), ids=lambda p: p.name)
+def test_every_tutorial_ends_with_its_records_table(path):
+    nb = nbformat.read(str(path), as_version=4)
+    last = nb.cells[-1]
+    assert last.cell_type == "code" and last.source.strip().endswith("nfk.records_table()")
+    assert sum("records_table" in c.source for c in nb.cells) == 1  # one table, at the end
