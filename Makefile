@@ -8,18 +8,21 @@ KERNEL := python3
 STAMP := $(VENV)/.installed
 LAB_STAMP := $(VENV)/.lab-installed
 LAB_PORT ?= 8888
+# setuptools prints a 12-line "Editable installation" notice on every `pip install -e` (information
+# only: this repository has no stray top-level folder named nfk_nb); keep installs quiet.
+PIP := PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip
 
 .PHONY: install test demo lab lint bench clean strip
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev]"
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt -e ".[dev]"
 	$(BIN)/python -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "Python 3 (ipykernel)"
 	touch $(STAMP)
 
 $(LAB_STAMP): $(STAMP)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[dev,lab]"
+	$(PIP) install --quiet -c constraints.txt -e ".[dev,lab]"
 	touch $(LAB_STAMP)
 
 install: $(STAMP)
