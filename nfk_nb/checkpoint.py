@@ -7,8 +7,11 @@ is regenerated from the seed. The file is safetensors + JSON (never pickle), wri
 :mod:`nfk_nb.serialization`, so a kill leaves the previous state intact. Rerunning the same call
 resumes after the last finished pass; on the CPU the result is bitwise the same as an uninterrupted fit.
 
-A checkpoint carries an *identity*: the estimator's settings, the likelihood, the names and shapes of
-θ, a checksum of the model's weights and buffers, the data size and a checksum of the first batch. A
+A checkpoint carries an *identity*: the estimator's settings, the likelihood, its ``log_prob``'s name
+and code, the names and shapes of θ, a checksum of the model's weights and buffers, of the sampler's
+reference draws, the data size and a checksum of the first batch. All of the data are identified too:
+the first full pass of a fit digests every batch it reads (no extra pass), the digest is saved with the
+state, and a resumed fit whose own first pass gives another digest is refused before it returns. A
 checkpoint whose identity differs from the current fit's is refused, naming what differs, never
 silently reused. The file is deleted when the fit succeeds. Each write stores O(P + N·l) numbers
 (the Fisher diagonal and mean, and ``Y`` (N×l) or ``Z`` (l×P)); resuming on another device gives the
@@ -17,6 +20,7 @@ same result up to rounding.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -25,8 +29,10 @@ from typing import Any
 
 from torch import Tensor
 
+from .data_digest import PassDigest
 from .distributed import Reducer, same_on_all_ranks
 from .errors import NFKError
+from .meta_checks import check_fields, integer, number, optional, text
 from .serialization import jsonable, load_state, remove_stale_temporaries, save_state, tensors_checksum
 
 FORMAT = "nfk_nb.checkpoint"
@@ -34,6 +40,8 @@ FORMAT = "nfk_nb.checkpoint"
 # Readable names for the identity keys in refusal messages.
 _NAMES = {
     "log_prob": "log_prob function",
+    "log_prob_code": "log_prob function (its code)",
+    "reference": "reference draws of the sampler",
     "model": "model (parameter names or shapes)",
     "weights": "model weights",
     "n_samples": "data size",
@@ -92,6 +100,7 @@ class FitState:
     trace: float | None = None
     sketch_passes: int = 0
     sketch: Tensor | None = None
+    data_digest: str | None = None  # of all the data, once a first full pass has read them
 
     @property
     def has_fisher(self) -> bool:
@@ -101,6 +110,11 @@ class FitState:
     def stage(self) -> int:
         """How far the fit got: 1 after the Fisher pass, +1 with the trace, +1 per sketch pass."""
         return 1 + (self.trace is not None) + self.sketch_passes
+
+
+# the types and ranges of a checkpoint's state (a hostile file is refused, see meta_checks.py)
+STATE_FIELDS = {"n_reference": integer(0), "trace": optional(number(0.0)), "sketch_passes": integer(0),
+                "data_digest": optional(text())}
 
 
 def fit_identity(params: dict[str, Any], lik: Any, op: Any, source: Any, n_total: int,
@@ -116,16 +130,38 @@ def fit_identity(params: dict[str, Any], lik: Any, op: Any, source: Any, n_total
         "params": {k: jsonable(v) for k, v in params.items() if k not in skip},
         "likelihood": lik.describe(),
         "log_prob": f"{getattr(user_fn, '__module__', '?')}.{getattr(user_fn, '__qualname__', '?')}",
+        "log_prob_code": code_digest(user_fn),
         "model": op.space.fingerprint(),
         "weights": tensors_digest({**op.theta, **op.frozen}),
         "compute_dtype": str(op.dtype),
         "n_samples": n_total,
         "data": tensors_digest(list(source.first())),
     }
+    if lik.reference == "sampler":  # the draws (seeded) stand for the sampler and its generator's weights
+        identity["reference"] = tensors_digest([lik.draw_reference(params["seed"])])
     if reducer.world_size > 1:
         identity["n_local"] = source.n
         identity["world"] = [int(reducer.rank), reducer.world_size]
     return json.loads(json.dumps(identity))  # tuples -> lists, as they come back from JSON
+
+
+def code_digest(fn: Any) -> str:
+    """SHA-256 of a function's code (bytecode, constants, names; nested code too), or of a class's
+    ``log_prob`` and ``prepare``: two functions with one name but other code differ."""
+    h = hashlib.sha256()
+
+    def feed(code: Any) -> None:
+        h.update(code.co_code)
+        h.update(repr(code.co_names).encode())
+        for const in code.co_consts:
+            feed(const) if hasattr(const, "co_code") else h.update(repr(const).encode())
+
+    parts = [getattr(fn, "log_prob", None), getattr(fn, "prepare", None)] if isinstance(fn, type) else [fn]
+    for part in parts:
+        code = getattr(getattr(part, "__func__", part), "__code__", None)
+        if code is not None:
+            feed(code)
+    return h.hexdigest()
 
 
 class FitCheckpoint:
@@ -146,6 +182,13 @@ class FitCheckpoint:
         path = Path(path)
         self.identity = identity
         self.path = path if world_size == 1 else path.with_name(f"{path.name}.rank{rank}")
+        self.digest: PassDigest | None = None
+
+    def watch_data(self, source: Any, state: FitState | None) -> None:
+        """Digest all the data on the fit's first full pass over ``source``; when resuming, refuse
+        data whose digest differs from the one saved with ``state`` (see ``data_digest.py``)."""
+        self.digest = PassDigest(None if state is None else state.data_digest, repr(str(self.path)))
+        source.digest_next_pass(self.digest.done)
 
     def load(self) -> FitState | None:
         """The saved state, or ``None`` when there is no checkpoint yet.
@@ -172,12 +215,9 @@ class FitCheckpoint:
         # length, and a misaligned vector changes SIMD summation order, so a resumed fit would differ
         # from an uninterrupted one in the last bits
         tensors = {k: v.clone() for k, v in tensors.items()}
-        try:
-            return FitState(tensors.get("fisher_mean"), tensors.get("fisher_diag"), int(info["n_reference"]),
-                            info.get("trace"), int(info.get("sketch_passes", 0)), tensors.get("sketch"))
-        except (KeyError, TypeError, ValueError):
-            raise NFKError(f"The checkpoint {str(self.path)!r} has no valid fit state: it was "
-                           f"altered.") from None
+        check_fields(info, STATE_FIELDS, f"The checkpoint {str(self.path)!r}", "state.")
+        return FitState(tensors.get("fisher_mean"), tensors.get("fisher_diag"), info["n_reference"],
+                        info["trace"], info["sketch_passes"], tensors.get("sketch"), info.get("data_digest"))
 
     def resume(self, reducer: Reducer) -> FitState | None:
         """:meth:`load`, agreed across processes: ranks a kill stopped one stage apart start over together
@@ -201,6 +241,8 @@ class FitCheckpoint:
         """Atomically replace the checkpoint with this state."""
         from . import __version__
 
+        if self.digest is not None:  # the digest the saved state depends on (this run's or the resumed one's)
+            info = {**info, "data_digest": self.digest.value or self.digest.expected}
         meta = {"package_version": __version__, "identity": self.identity, "state": info}
         save_state(self.path, tensors, meta, fmt=FORMAT)
 

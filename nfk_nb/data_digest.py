@@ -14,21 +14,30 @@ import hashlib
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_leaves
 
 from .errors import NFKError
 
 
 def update_digest(h: Any, batch: Any) -> None:
-    """Feed one batch (a tensor, a tuple or a dict of tensors) into the hash ``h``."""
-    for leaf in tree_leaves(batch):
-        if isinstance(leaf, torch.Tensor):
-            t = leaf.detach().cpu().contiguous()
-            h.update(f"{t.dtype}|{list(t.shape)}|".encode())
-            if t.numel():
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
-        else:
-            h.update(repr(leaf).encode())
+    """Feed one batch (a tensor, or tuples, lists and dicts of them) into the hash ``h``."""
+    if isinstance(batch, torch.Tensor):
+        t = batch.detach().cpu().contiguous()
+        h.update(f"{t.dtype}|{list(t.shape)}|".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(batch, dict):
+        for key in sorted(batch, key=str):
+            h.update(f"<{key}>".encode())
+            update_digest(h, batch[key])
+    elif isinstance(batch, (tuple, list)):
+        h.update(f"({len(batch)}|".encode())
+        for part in batch:
+            update_digest(h, part)
+        keys = getattr(batch, "keys", None)  # a keyed batch: its names count too
+        if keys is not None and not callable(keys):
+            h.update(repr(list(keys)).encode())
+    else:
+        h.update(repr(batch).encode())
 
 
 class PassDigest:

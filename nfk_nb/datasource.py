@@ -7,7 +7,7 @@ a Dataset (of tuples or of dicts) or a DataLoader (yielding tuples or dicts). Di
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .batch import Batch, KeyedBatch, from_mapping, has_labels, labels_of, like
 from .data_checks import check_label_range, check_loader_order, global_index, refuse_iterable
+from .data_digest import PassDigest, update_digest
 from .errors import NFKError, NFKTypeError
 
 
@@ -116,7 +117,28 @@ class DataSource:
         if labels is not None:
             check_label_range(labels, self._n_classes)
 
+    def digest_next_pass(self, on_done: Callable[[str], None]) -> None:
+        """Hash every batch of the next complete pass and call ``on_done(hex digest)`` at its end.
+
+        Used by checkpoints to identify all of the data at no extra pass (see ``data_digest.py``);
+        passes abandoned early (``first()``) do not count.
+        """
+        self._on_pass = on_done
+
     def __iter__(self) -> Iterator[Batch]:
+        on_done = self.__dict__.get("_on_pass")
+        if on_done is None:
+            yield from self._iter_batches()
+            return
+        h = PassDigest.new_hash()
+        for batch in self._iter_batches():
+            update_digest(h, batch)
+            yield batch
+        if self.__dict__.get("_on_pass") is on_done:  # the first full pass: report it once
+            self._on_pass = None
+            on_done(h.hexdigest())
+
+    def _iter_batches(self) -> Iterator[Batch]:
         if self._tensors is not None:
             for start in range(0, self.n, self.batch_size):
                 yield like(self._tensors, (t[start : start + self.batch_size] for t in self._tensors))

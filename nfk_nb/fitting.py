@@ -171,6 +171,7 @@ def fit_lowrank(lik: Likelihood, op: LogProbOperator, source: DataSource, params
             identity = fit_identity(params, lik, op, source, n_total, reducer)
             ckpt = FitCheckpoint(checkpoint, identity, reducer.rank, reducer.world_size)
             state = ckpt.resume(reducer)
+            ckpt.watch_data(source, state)  # all of the data, digested on the first full pass
         reference = reference_batches(lik, source, params["batch_size"], params["seed"], reducer)
         total = reference[1] * (2 if lik.centered else 1) + source.n * (
             (lik.reference == "sampler") + 2 * params["power_iters"] + 3)

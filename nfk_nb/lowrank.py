@@ -40,6 +40,7 @@ from .likelihoods import Likelihood
 from .options import DEFAULTS, check_params
 from .products import FisherVectorProducts
 from .serialization import jsonable, load_state, save_state
+from .staleness import warn_if_changed, weights_digest
 from .validation import check_finite_rows, check_inputs, check_labels
 
 # the fitted tensors, as they are named in a state dict and in a saved file
@@ -222,8 +223,10 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             return fit_lowrank(self.lik, self.operator, source, self.get_params(deep=False), ckpt)
 
         self._op, self._dtype_override = None, None
+        weights = weights_digest(self.lik.model)  # the weights this fit belongs to
         result = fit_with_precision_guard(attempt, self.operator.dtype)
         self._set_fitted(result, time.perf_counter() - start)
+        self.weights_digest_ = weights
         return self.embedding_
 
     def _set_fitted(self, r: FitResult, fit_time: float) -> None:
@@ -251,8 +254,8 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         """Embed new data: ``e(x) = W_kᵀ v(x)`` (k JVPs per batch); returns (N, k) on the CPU."""
         self._check_fitted()
         source = self._source(X, y)
-        op = self.operator
-        with eval_mode(self.lik.model):
+        with eval_mode(self.lik.model):  # the model's lock: no training step of another thread mid-way
+            op = self._current_operator()
             check_inputs(op, source)
             bar = make_bar(source.n, "NFK transform", self.progress)
             try:
@@ -266,6 +269,26 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
             emb = emb / self.singular_values_.to(emb)
         return emb.cpu()
 
+    def _current_operator(self) -> LogProbOperator:
+        """The operator over the model's parameters *now* (a replaced parameter object included),
+        after warning when they differ from the fitted ones; a new one per call, so that threads
+        transforming at once share no operator state."""
+        warn_if_changed(getattr(self, "weights_digest_", None), self.lik.model, stacklevel=4)
+        dtype = self.__dict__.get("_dtype_override") or self.dtype or compute_dtype(self.lik.model)
+        op = make_operator(self.lik, default_device(self.device), dtype, self.chunk_size)
+        if op.P != self.components_.shape[1]:
+            raise NFKError(f"The model has {op.P} parameters in θ but the fit has "
+                           f"{self.components_.shape[1]}; transform with the model it was fitted on.")
+        return op
+
+    def set_params(self, **params: Any) -> LowRankNFK:
+        """As scikit-learn's; also drops the cached operator (it belongs to the old settings)."""
+        super().set_params(**params)
+        self.__dict__.pop("_op", None)
+        if "dtype" in params:  # the fit's float64 refit precision gives way to an explicit choice
+            self.__dict__.pop("_dtype_override", None)
+        return self
+
     # -- the fitted state ------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         """The fitted state: its tensors (on the CPU) by name and, under ``"fisher"`` and ``"fitted"``,
@@ -278,7 +301,8 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                              "kfac_layers": factor_layout(f.kron)},
                      fitted={"n_samples_fit": self.n_samples_fit_, "n_params": self.n_params_,
                              "trace": self.trace_, "fit_time": self.fit_time_, "device": self.device_,
-                             "compute_dtype": str(self.operator.dtype).removeprefix("torch.")})
+                             "compute_dtype": str(self.operator.dtype).removeprefix("torch."),
+                             "weights_digest": getattr(self, "weights_digest_", None)})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> LowRankNFK:
@@ -308,6 +332,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         self.n_samples_fit_, self.n_params_ = int(fitted["n_samples_fit"]), int(fitted["n_params"])
         self.trace_, self.fit_time_ = float(fitted["trace"]), float(fitted["fit_time"])
         self.device_ = str(fitted["device"])  # where it was fitted (informational)
+        self.weights_digest_ = fitted.get("weights_digest")  # None in files of older versions
         return self
 
     # -- persistence --------------------------------------------------------------------------
@@ -365,7 +390,10 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
                     f"{where} was saved for another likelihood ({_lik_text(saved_lik)}), not "
                     f"{_lik_text(now_lik)}; build the likelihood it was fitted with."
                 )
-            if meta.get("weights") not in (None, tensors_digest({**op.theta, **op.frozen})):
+            fitted_weights = meta["fitted"].get("weights_digest")
+            if fitted_weights is not None:  # recorded at fit time (files since this version)
+                warn_if_changed(fitted_weights, lik.model, f"{where} was fitted with")
+            elif meta.get("weights") not in (None, tensors_digest({**op.theta, **op.frozen})):
                 warnings.warn(
                     f"The model's weights differ from those {where} was fitted with (same names and "
                     f"shapes); its embeddings of new data will not match the saved fit.",

@@ -76,8 +76,8 @@ def optional(check: tuple[Check, str]) -> tuple[Check, str]:
 def check_fields(meta: Any, schema: dict[str, Any], where: str, prefix: str = "") -> None:
     """Check ``meta`` against ``schema`` (field -> check, or a nested schema dict).
 
-    Every field of the schema must be present with a value that passes its check; other fields are
-    ignored (a newer minor version may add some).
+    Every field of the schema must be present (optional ones may be missing) with a value that passes
+    its check; other fields are ignored (a newer minor version may add some).
 
     Raises
     ------
@@ -90,6 +90,8 @@ def check_fields(meta: Any, schema: dict[str, Any], where: str, prefix: str = ""
     for name, rule in schema.items():
         key = f"{prefix}{name}"
         if name not in meta:
+            if not isinstance(rule, dict) and rule[0](None):
+                continue  # an optional field that older versions did not write
             raise NFKError(f"{where} lacks the saved field {key!r}: the file was altered.")
         value = meta[name]
         if isinstance(rule, dict):

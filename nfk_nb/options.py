@@ -116,6 +116,8 @@ def check_params(params: dict[str, Any]) -> None:
         raise NFKTypeError(
             f"dtype must be None or a floating torch dtype such as torch.float64, got {p['dtype']!r}."
         )
+    if not isinstance(p["whiten"], bool):  # "no" would be truthy
+        raise NFKTypeError(f"whiten must be True or False, got {p['whiten']!r}.")
     if not (isinstance(p["progress"], bool) or callable(p["progress"])):
         raise NFKTypeError(f"progress must be True, False or a tqdm-like factory, got {p['progress']!r}.")
     check_device(p["device"])
