@@ -13,3 +13,13 @@ class NFKTypeError(NFKError, TypeError):
 
 class NFKMemoryError(NFKError, MemoryError):
     """Work that would not fit in memory; the message names the cheaper alternative."""
+
+
+class NFKWriteError(NFKError, OSError):
+    """A file could not be written (disk full, read-only, no permission); any previous file is intact.
+
+    Subclass of both ``NFKError`` and ``OSError``; ``errno`` and ``strerror`` say why.
+    """
+
+    def __str__(self) -> str:  # the sentence, not OSError's "[Errno n] ..." form
+        return str(self.args[0]) if self.args else ""

@@ -37,6 +37,7 @@ from .functional import LogProbOperator, compute_dtype, default_device
 from .kfac import factor_layout, factor_tensors, factors_from
 from .layerwise import make_operator
 from .likelihoods import Likelihood
+from .meta_checks import check_fields, estimator_fields
 from .options import DEFAULTS, check_params
 from .products import FisherVectorProducts
 from .serialization import jsonable, load_state, save_state
@@ -375,6 +376,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         """
         tensors, meta = load_state(path)
         where = repr(str(path))
+        check_fields(meta, estimator_fields(), where)  # types and ranges: a checksum is no signature
         try:
             est = cls._from_meta(lik, meta, device)
             op = est.operator

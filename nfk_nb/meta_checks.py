@@ -101,3 +101,35 @@ def check_fields(meta: Any, schema: dict[str, Any], where: str, prefix: str = ""
         if not ok(value):
             shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
             raise NFKError(f"{where}: the saved field {key!r} is {shown}, not {what}: the file was altered.")
+
+
+def fingerprint() -> tuple[Check, str]:
+    """θ's names and shapes: ``[[name, [d1, d2, ...]], ...]``."""
+    def ok(v: Any) -> bool:
+        return type(v) is list and all(
+            type(e) is list and len(e) == 2 and type(e[0]) is str and type(e[1]) is list
+            and all(type(d) is int and d >= 0 for d in e[1]) for e in v)
+    return ok, "a list of [parameter name, shape]"
+
+
+def estimator_fields() -> dict[str, Any]:
+    """The schema of a saved :class:`~nfk_nb.LowRankNFK` (``LowRankNFK.save``)."""
+    from .guards import SEED_LIMIT
+    from .options import FISHER_KINDS, MAX_DAMPING, SKETCHES
+
+    kinds, damping = text(FISHER_KINDS), number(0.0, MAX_DAMPING)
+    seed = integer(1 - SEED_LIMIT, SEED_LIMIT - 1)
+    return {
+        "params": {
+            "rank": integer(1), "fisher": kinds, "damping": damping, "power_iters": integer(0),
+            "oversample": integer(0), "batch_size": integer(1), "seed": seed,
+            "whiten": boolean(), "chunk_size": optional(integer(1)), "sketch": optional(text(SKETCHES)),
+            "dtype": optional(text()), "device": optional(text()),
+        },
+        "likelihood": {"family": text()},
+        "fingerprint": fingerprint(),
+        "weights": optional(text()),
+        "fisher": {"kind": kinds, "damping": damping, "n_reference": integer(1)},
+        "fitted": {"n_samples_fit": integer(1), "n_params": integer(1), "trace": number(0.0),
+                   "fit_time": number(0.0), "device": text(), "weights_digest": optional(text())},
+    }

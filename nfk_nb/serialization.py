@@ -14,6 +14,7 @@ import hashlib
 import json
 import numbers
 import os
+import re
 import secrets
 import socket
 import time
@@ -26,7 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from .errors import NFKError
+from .errors import NFKError, NFKWriteError
+from .meta_checks import MAX_DEPTH, json_depth
 
 FORMAT = "nfk_nb.lowrank"
 FORMAT_VERSION = 2  # 2 adds the metadata checksum; version 1 files (tensor checksum only) still load
@@ -175,8 +177,23 @@ def save_state(
     header = json.loads(json.dumps({**meta, "format": fmt, "format_version": FORMAT_VERSION}))
     header["checksum"] = tensors_checksum(cpu)
     header["meta_checksum"] = meta_checksum(header)
-    with atomic_path(path) as tmp:  # written straight to disk: no second copy in memory
-        save_file(cpu, tmp, metadata={"nfk_nb": json.dumps(header)})
+    try:
+        with atomic_path(path) as tmp:  # written straight to disk: no second copy in memory
+            save_file(cpu, tmp, metadata={"nfk_nb": json.dumps(header)})
+    except (OSError, SafetensorError) as exc:
+        raise write_error(path, exc) from None
+
+
+def write_error(path: str | os.PathLike, exc: BaseException) -> NFKWriteError:
+    """One sentence for a failed write (a full disk, a read-only folder): what, where, why."""
+    code = getattr(exc, "errno", None)
+    found = re.search(r"\(os error (\d+)\)", str(exc))  # safetensors wraps the OS error in its text
+    if code is None and found:
+        code = int(found.group(1))
+    reason = getattr(exc, "strerror", None) or (os.strerror(code) if code else str(exc))
+    err = NFKWriteError(f"Cannot write {str(path)!r}: {reason}; any file there before is unchanged.")
+    err.errno, err.strerror = code, reason
+    return err
 
 
 def _read_header(path: Path) -> Any:
@@ -188,8 +205,14 @@ def _read_header(path: Path) -> Any:
         header_len = int.from_bytes(head, "little")
         if header_len > _MAX_HEADER:
             raise ValueError(f"a header of {header_len} bytes")
-        header = json.loads(f.read(header_len))
-    return json.loads(header["__metadata__"]["nfk_nb"])
+        try:
+            header = json.loads(f.read(header_len))
+            meta = json.loads(header["__metadata__"]["nfk_nb"])
+        except RecursionError:
+            raise ValueError("its metadata are nested too deeply") from None
+    if json_depth(meta) > MAX_DEPTH:
+        raise ValueError(f"its metadata are nested deeper than {MAX_DEPTH} levels")
+    return meta
 
 
 def _read(path: Path) -> tuple[dict[str, Tensor], Any]:
@@ -248,8 +271,8 @@ def load_state(
             f"{str(path)!r} is not a {what} (its format is {found!r}, expected {fmt!r})."
         )
     version = meta.get("format_version")
-    if not isinstance(version, int) or version < 1:
-        raise NFKError(f"{str(path)!r} has no valid format version: it was altered.")
+    if type(version) is not int or version < 1:  # True is an int to isinstance
+        raise NFKError(f"{str(path)!r} has no valid format_version (an integer >= 1): it was altered.")
     if version > FORMAT_VERSION:
         raise NFKError(
             f"{str(path)!r} uses format version {version}; this nfk_nb reads up to "
