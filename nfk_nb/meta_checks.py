@@ -131,5 +131,6 @@ def estimator_fields() -> dict[str, Any]:
         "weights": optional(text()),
         "fisher": {"kind": kinds, "damping": damping, "n_reference": integer(1)},
         "fitted": {"n_samples_fit": integer(1), "n_params": integer(1), "trace": number(0.0),
-                   "fit_time": number(0.0), "device": text(), "weights_digest": optional(text())},
+                   "fit_time": number(0.0), "device": text(), "weights_digest": optional(text()),
+                   "compute_dtype": optional(text(("float16", "bfloat16", "float32", "float64")))},
     }
