@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from ..errors import NFKError
 from ._loop import train_epochs, train_gan_epochs
 from .gan import GANResult
-from .vae import VAEResult
+from .vae import GaussianEncoder, VAEResult
 
 
 def _check_images(X: Tensor) -> tuple[int, int]:
@@ -85,19 +85,11 @@ def make_conv_gan(
     return generator, discriminator
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(GaussianEncoder):
     """``image -> (mu, logvar)``: the discriminator's convolutional body and two linear heads."""
 
     def __init__(self, channels: int, size: int, latent_dim: int, width: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(*_down(channels, width))
-        features = 2 * width * (size // 4) ** 2
-        self.mu = nn.Linear(features, latent_dim)
-        self.logvar = nn.Linear(features, latent_dim)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        h = self.body(x)
-        return self.mu(h), self.logvar(h)
+        super().__init__(nn.Sequential(*_down(channels, width)), 2 * width * (size // 4) ** 2, latent_dim)
 
 
 def make_conv_vae(

@@ -16,20 +16,27 @@ from ..errors import NFKError
 from ._loop import train_epochs
 
 
-class Encoder(nn.Module):
-    """``x -> (mu, logvar)``: an MLP body and two linear heads."""
+class GaussianEncoder(nn.Module):
+    """``x -> (mu, logvar)``: a body with ``features`` outputs and two linear heads (created in this
+    order, so a seeded initialisation does not depend on the kind of body)."""
 
-    def __init__(self, data_dim: int, latent_dim: int, hidden: int) -> None:
+    def __init__(self, body: nn.Module, features: int, latent_dim: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Linear(data_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU()
-        )
-        self.mu = nn.Linear(hidden, latent_dim)
-        self.logvar = nn.Linear(hidden, latent_dim)
+        self.body = body
+        self.mu = nn.Linear(features, latent_dim)
+        self.logvar = nn.Linear(features, latent_dim)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         h = self.body(x)
         return self.mu(h), self.logvar(h)
+
+
+class Encoder(GaussianEncoder):
+    """``x -> (mu, logvar)``: an MLP body and two linear heads."""
+
+    def __init__(self, data_dim: int, latent_dim: int, hidden: int) -> None:
+        body = nn.Sequential(nn.Linear(data_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU())
+        super().__init__(body, hidden, latent_dim)
 
 
 def make_vae(
