@@ -1,6 +1,6 @@
 """Which Fisher damping should be the default? Rank-k probe accuracy and trace concentration.
 
-DESIGN §2 ("Damping is not a detail"): the diagonal Fisher ``I`` of a GAN discriminator, estimated on
+docs/design.md ("Damping is relative"): the diagonal Fisher ``I`` of a GAN discriminator, estimated on
 generator samples, has coordinates that carry almost no information there; with too little damping
 they dominate the Fisher vectors ``I^{-1/2} s(x)``. This script trains the zoo GAN on digits once per
 seed and, for each damping setting, fits ``LowRankNFK(EnergyModel(disc, sampler))`` and reports

@@ -12,8 +12,9 @@ normalised families). On the reference set R (sampler draws or the fit data):
   damped diagonal for every other parameter.
 
 Damping is *relative* to the mean diagonal: with an absolute epsilon, coordinates that carry almost
-no information on the reference set dominate the kernel (DESIGN §2). Sums are over examples so that a
-data shard per process plus a sum over processes gives the same answer.
+no information on the reference set dominate the kernel (docs/design.md, "Choices that matter").
+Sums are over examples so that a data shard per process plus a sum over processes gives the same
+answer.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Every family is a :class:`Likelihood`. It owns a module, says which of its parameters are θ, computes
 ``log p̃`` for a batch (a tuple of tensors, the input first) and says where the partition term ``m``
-and the Fisher information come from (DESIGN §2):
+and the Fisher information come from (docs/design.md, "The math"):
 
 * ``reference == "data"``    – the fit data (``m`` = mean score over them when ``centered``);
 * ``reference == "sampler"`` – ``sampler(n_samples)`` drawn once, seeded (energy models, JEM).

@@ -42,7 +42,7 @@ def plot_spectrum(est: Any, explained: Any = None, title: str | None = None) -> 
     """Singular values and cumulative explained variance of a fitted ``LowRankNFK``.
 
     A spectrum where the first few components hold nearly all of ``trace(K)`` means a few parameter
-    coordinates dominate the Fisher vectors (often damping that is too small, see DESIGN §2); a
+    coordinates dominate the Fisher vectors (often damping that is too small, see docs/design.md); a
     flat one means the kernel spreads over many directions and a larger rank pays off. The
     annotation gives both numbers: the fraction of the trace captured and the effective rank.
 

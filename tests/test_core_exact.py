@@ -23,7 +23,7 @@ from .oracle import rel
 
 N, D, C = 24, 5, 3
 TOL = 1e-6
-DAMPING = 1e-2  # the documented default relative damping (README "The math", DESIGN §2)
+DAMPING = 1e-2  # the documented default relative damping (README "The math", docs/design.md)
 NET_NAMES = ["0.weight", "0.bias", "2.weight", "2.bias"]  # θ of _net(): every parameter
 
 
