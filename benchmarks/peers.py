@@ -169,16 +169,26 @@ def nfk_lowrank(lik: nfk.Likelihood, X: Tensor, rank: int, batch: int, **kw: Any
     return nfk.LowRankNFK(lik, rank=rank, batch_size=batch, progress=False, **kw).fit_transform(X)
 
 
+# Exact reference kernels that need per-example gradients (the diagonal metric) are skipped above this
+# many bytes of N×P (their err/opt reads "-").
+REF_BYTES = 2 * 2**30
+
+
 def compare_peers(net: nn.Module, X: Tensor, rank: int, batch: int = 256,
-                  trak_dims: tuple[int, ...] = (32, 512), title: str = "") -> list[dict[str, Any]]:
-    """Every available peer and nfk_nb's rows on one model and data; prints and returns the table."""
+                  trak_dims: tuple[int, ...] = (32, 512), title: str = "",
+                  skip: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """Every available peer and nfk_nb's rows on one model and data; prints and returns the table.
+
+    ``skip``: rows whose name starts with one of these prefixes are not run (e.g. the per-example
+    gradient peers at N=8,000, which need N×P floats).
+    """
     N, P = len(X), sum(p.numel() for p in net.parameters())
     print(f"\n## peers side by side{title}: N={N}, P={P}, rank={rank}, joint score")
     print(f"machine: {machine()}")
     lik = nfk.Classifier(net)
     # oracles (outside the timings): exact kernels of each metric and their optimal rank-k errors
-    refs = {kind: nfk.fisher_kernel(lik, X, fisher=kind, batch_size=batch).double()
-            for kind in ("identity", "diagonal", "kfac")}
+    kinds = ["identity", "kfac"] + (["diagonal"] if N * P * 4 <= REF_BYTES else [])
+    refs = {kind: nfk.fisher_kernel(lik, X, fisher=kind, batch_size=batch).double() for kind in kinds}
     opts = {kind: optimal_error(torch.linalg.eigvalsh(K).flip(0), rank) for kind, K in refs.items()}
     K_id = refs["identity"]
     # warm-up of the torch.func transforms
@@ -187,6 +197,9 @@ def compare_peers(net: nn.Module, X: Tensor, rank: int, batch: int = 256,
     notes = []
 
     def peer(name: str, module: str | None, fn: Callable[[], Any], kind: str) -> dict[str, Any] | None:
+        if any(name.startswith(prefix) for prefix in skip):
+            notes.append(f"{name}: skipped (--skip)")
+            return None
         if module is not None:
             try:
                 __import__(module)
@@ -209,7 +222,7 @@ def compare_peers(net: nn.Module, X: Tensor, rank: int, batch: int = 256,
                         "peak MB": max(m.peak_mb, eig.peak_mb)})
         else:
             E, K = out, None
-        row["err/opt"] = kernel_error(E, refs[kind], opts[kind])
+        row["err/opt"] = kernel_error(E, refs[kind], opts[kind]) if kind in refs else None
         if K is not None and kind == "identity":
             rel = float(torch.linalg.matrix_norm(K.double() - K_id) / torch.linalg.matrix_norm(K_id))
             row["vs nfk K"] = rel
@@ -267,6 +280,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     parser.add_argument("--hidden", type=int, default=256, help="width of the two hidden layers")
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--trak", type=int, nargs="*", default=[32, 512])
+    parser.add_argument("--skip", nargs="*", default=[], help="prefixes of rows not to run")
     add_common_arguments(parser)
     args = parser.parse_args(argv)
     apply_common_arguments(args)
@@ -274,7 +288,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     net = trained_mlp([64, args.hidden, args.hidden, 10], X[:1200], y[:1200])
     data = X if args.n == len(X) else resampled_digits(args.n)
     title = f" (MLP 64-{args.hidden}-{args.hidden}-10)"
-    return compare_peers(net, data, args.rank, trak_dims=tuple(args.trak), title=title)
+    return compare_peers(net, data, args.rank, trak_dims=tuple(args.trak), title=title,
+                         skip=tuple(args.skip))
 
 
 if __name__ == "__main__":

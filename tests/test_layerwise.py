@@ -363,3 +363,25 @@ def test_normalisation_layers_have_closed_form_gradients():
     V = oracle_vectors(G, G, True, "diagonal", nfk.fisher.DEFAULT_DAMPING)
     K = nfk.fisher_kernel(lik, X, batch_size=4)
     torch.testing.assert_close(K, V @ V.T, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("spread", [1.0, 1e-4, 1e-7])
+def test_centred_square_sum_does_not_cancel(spread):
+    """``Σ (d aᵀ - M)²`` from GEMMs equals the formed sum, also when the factors barely vary."""
+    from nfk_nb.layerwise import _centred_square_sum
+
+    g = torch.Generator().manual_seed(0)
+    a = (1 + spread * torch.randn(40, 6, generator=g)).float().double()  # float32-rounded, like a capture
+    d = (2 + spread * torch.randn(40, 4, generator=g)).float().double()
+    M = (d[:, :, None] * a[:, None, :]).mean(0).float().double()  # a mean rounded to float32
+    # the oracle: exact rational arithmetic (fractions) on the same float64 inputs
+    exact = torch.zeros(4, 6, dtype=torch.float64)
+    from fractions import Fraction
+
+    for o in range(4):
+        for j in range(6):
+            m = Fraction(float(M[o, j]))
+            exact[o, j] = float(sum((Fraction(float(d[i, o])) * Fraction(float(a[i, j])) - m) ** 2
+                                    for i in range(40)))
+    got = _centred_square_sum(a, d, M)
+    torch.testing.assert_close(got, exact, rtol=1e-8, atol=0)
