@@ -34,10 +34,12 @@ demo: $(STAMP)
 	$(BIN)/nfk-nb run notebooks/01_quickstart.ipynb --out reports
 
 # JupyterLab from the venv on the tutorials, loopback only; it prints the URL (with its token) to open.
+# Kernels get CurveZMQ keys (no plain-TCP warning); no news feed is fetched (no pop-up, works offline).
 lab: $(LAB_STAMP)
 	@echo "Starting JupyterLab on notebooks/ (kernel: $(KERNEL) from $(VENV)); Ctrl-C twice stops it."
 	$(BIN)/jupyter lab --notebook-dir=notebooks --ServerApp.ip=127.0.0.1 --ServerApp.port=$(LAB_PORT) \
-		--KernelManager.transport_encryption=auto $(if $(filter 0,$(shell id -u)),--allow-root)
+		--KernelManager.transport_encryption=auto --LabApp.news_url=None \
+		$(if $(filter 0,$(shell id -u)),--allow-root)
 
 lint: $(STAMP)
 	$(BIN)/ruff check nfk_nb tests benchmarks
