@@ -275,3 +275,11 @@ def test_forward_fallback_only_on_a_missing_forward_rule(monkeypatch):
 
 def test_bad_seed_type():
     refuses(lambda: est(nfk.Classifier(mlp()), seed=1.5).fit(X), "seed must be an integer", exc=NFKTypeError)
+
+
+def test_seed_out_of_range_through_the_magic():
+    ip = InteractiveShell.instance()
+    ip.run_line_magic("load_ext", "nfk_nb")
+    ip.user_ns.update(net_seed=mlp(), X_seed=X)
+    with pytest.raises(UsageError, match=r"\|seed\| < 2\*\*63"):
+        ip.run_line_magic("nfk", f"fit net_seed X_seed --rank 2 --seed {10**23}")
