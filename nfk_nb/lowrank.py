@@ -227,7 +227,7 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
         weights = weights_digest(self.lik.model)  # the weights this fit belongs to
         result = fit_with_precision_guard(attempt, self.operator.dtype)
         self._set_fitted(result, time.perf_counter() - start)
-        self.weights_digest_ = weights
+        self.weights_digest_ = self._op_weights = weights  # the fit's operator was built from them
         return self.embedding_
 
     def _set_fitted(self, r: FitResult, fit_time: float) -> None:
@@ -272,11 +272,14 @@ class LowRankNFK(TransformerMixin, BaseEstimator):
 
     def _current_operator(self) -> LogProbOperator:
         """The operator over the model's parameters *now* (a replaced parameter object included),
-        after warning when they differ from the fitted ones; a new one per call, so that threads
-        transforming at once share no operator state."""
-        warn_if_changed(getattr(self, "weights_digest_", None), self.lik.model, stacklevel=4)
-        dtype = self.__dict__.get("_dtype_override") or self.dtype or compute_dtype(self.lik.model)
-        op = make_operator(self.lik, default_device(self.device), dtype, self.chunk_size)
+        after warning when they differ from the fitted ones. Call it holding the model's lock
+        (``eval_mode``): the cached operator is shared, and rebuilt whenever the weights changed."""
+        now = weights_digest(self.lik.model)
+        warn_if_changed(getattr(self, "weights_digest_", None), self.lik.model, stacklevel=4, now=now)
+        op = self.__dict__.get("_op")
+        if op is None or self.__dict__.get("_op_weights") != now:
+            self._op = None
+            op, self._op_weights = self.operator, now
         if op.P != self.components_.shape[1]:
             raise NFKError(f"The model has {op.P} parameters in θ but the fit has "
                            f"{self.components_.shape[1]}; transform with the model it was fitted on.")

@@ -24,9 +24,10 @@ def weights_digest(model: nn.Module) -> str:
 
 
 def warn_if_changed(fitted: str | None, model: nn.Module, what: str = "this estimator was fitted with",
-                    stacklevel: int = 3) -> None:
-    """Warn when ``model``'s weights differ from the digest ``fitted`` (``None``: unknown, no check)."""
-    if fitted is not None and fitted != weights_digest(model):
+                    stacklevel: int = 3, now: str | None = None) -> None:
+    """Warn when ``model``'s weights (digest ``now``, computed if not given) differ from the digest
+    ``fitted`` (``None``: unknown, no check)."""
+    if fitted is not None and fitted != (now or weights_digest(model)):
         warnings.warn(
             f"The model's weights differ from those {what} (same names and shapes, e.g. trained "
             f"further); the embedding uses the current weights with the fit's Fisher estimate and "
