@@ -34,3 +34,13 @@ def test_parameterised_and_recording(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_each_notebook_has_its_execution_test(name):
     assert (NOTEBOOKS.parent / "tests" / f"test_notebook_{name.removesuffix('.ipynb')}.py").is_file()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_notebook_records_and_tests_its_null_baselines(name):
+    """A random projection of the inputs and the untrained network's NFK, recorded and asserted against."""
+    code = "\n".join("".join(c["source"]) for c in code_cells(name))
+    assert "torch.randn(" in code and "null_random_projection" in code, name
+    assert "null_untrained" in code, name
+    test = (NOTEBOOKS.parent / "tests" / f"test_notebook_{name.removesuffix('.ipynb')}.py").read_text()
+    assert "null_" in test, f"the test of {name} asserts nothing against a null baseline"
