@@ -1,7 +1,7 @@
 """notebooks/01_quickstart.ipynb under papermill, and papermill failing on a failing %nfk cell.
 
-Bounds come from runs at these small parameters over seeds 0, 1, 2 (see the lead's report for the
-numbers); each leaves a margin below the lowest value measured.
+Bounds come from runs at these small parameters over seeds 0, 1, 2 (numbers in the comments); each
+claim is asserted as a margin over its recorded null baselines and the comparator README names.
 """
 
 from __future__ import annotations
@@ -31,15 +31,22 @@ def test_quickstart_runs_with_small_parameters(tmp_path):
     rec = run_notebook(NAME, tmp_path, {**SMALL, "seed": 1}, timeout=120)
     assert rec["rank"] == SMALL["rank"]
     assert rec["n_params"] == 64 * 16 + 16 + 16 * 10 + 10
-    assert 0.40 < rec["explained_variance"] < 0.75  # measured 0.52-0.58
+    assert 0.40 < rec["explained_variance"] < 0.75  # measured 0.53 / 0.60 / 0.56
     assert rec["fit_time_s"] > 0
-    # the NFK of a barely trained MLP already separates the classes linearly
-    assert rec["nfk_probe_test_accuracy"] > 0.70
-    assert rec["nfk_probe_train_cv_accuracy"] > 0.70
-    assert rec["nfk_knn_test_accuracy"] > 0.70
+    nfk_probe = rec["nfk_probe_test_accuracy"]  # 0.844 / 0.807 / 0.836
+    # Over the null baselines at k=8 (seeds 0 / 1 / 2): a random projection of the pixels scores
+    # 0.709 / 0.688 / 0.705 (NFK +0.136 / +0.119 / +0.131), the NFK of the untrained MLP
+    # 0.817 / 0.782 / 0.724 (NFK +0.027 / +0.025 / +0.112): the training adds little at this size.
+    assert nfk_probe - rec["null_random_projection_probe_test_accuracy"] > 0.08
+    assert nfk_probe - rec["null_untrained_nfk_probe_test_accuracy"] > 0.01
+    # README's tie with the network's own penultimate features: NFK − penultimate +0.017 / -0.032 /
+    # -0.013 (each probe's spread over seeds: sd 0.016 NFK, 0.009 penultimate); the tie is asserted
+    # as |difference| within the largest measured one plus 0.013.
+    assert abs(nfk_probe - rec["penultimate_probe_test_accuracy"]) <= 0.045
+    # the cross-validated probe on the training split agrees with the test probe (0.820 / 0.827 / 0.830)
+    assert abs(rec["nfk_probe_train_cv_accuracy"] - nfk_probe) < 0.05
+    # the MLP itself is barely trained at 10 epochs (0.340 / 0.504 / 0.317; chance 0.1)
     assert rec["mlp_test_accuracy"] > 0.25
-    assert rec["penultimate_probe_test_accuracy"] > 0.70
-    assert 0.0 <= rec["explorer_label_agreement_first_point"] <= 1.0
 
 
 @pytest.mark.timeout(120)

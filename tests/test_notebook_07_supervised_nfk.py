@@ -27,11 +27,16 @@ def records(tmp_path_factory):
         return run_notebook("07_supervised_nfk.ipynb", tmp_path_factory.mktemp("nb07"), PARAMS, timeout=300)
 
 
-def test_representations_are_far_above_chance(records):
-    # probe accuracy, seeds 0/1/2: NFK 0.923 / 0.905 / 0.931, penultimate 0.921 / 0.925 / 0.951
-    for name in ("raw", "penultimate", "nfk"):
-        assert records[f"probe_accuracy_{name}"] > 0.85, name
-        assert records[f"knn_accuracy_{name}"] > 0.85, name
+def test_nfk_retrieval_beats_the_null_baselines(records):
+    # precision@10 at k=32, seeds 0/1/2: NFK 0.916 / 0.892 / 0.907; a random projection of the pixels
+    # 0.877 / 0.847 / 0.838 (NFK +0.039 / +0.045 / +0.069); the untrained MLP's NFK 0.833 / 0.729 /
+    # 0.719 (NFK +0.083 / +0.163 / +0.188).
+    # Not asserted because it did not hold: the NFK probe against the random projection, -0.029 /
+    # -0.003 / +0.010 (NFK 0.923 / 0.906 / 0.930, projection 0.951 / 0.910 / 0.920), and against the
+    # untrained NFK, -0.012 / +0.024 / +0.070; raw pixels (64 features) beat both on probe and kNN.
+    p10 = records["precision_at_10_nfk"]
+    assert p10 - records["precision_at_10_null_random_projection"] > 0.02
+    assert p10 - records["precision_at_10_null_untrained_nfk"] > 0.05
 
 
 def test_nfk_probe_matches_penultimate_features(records):
