@@ -77,10 +77,10 @@ FAULTS = [
     Fault("trace_unscaled", "trace K summed over unscaled scores",
           "return float((sq * fisher.scale.to(sq.dtype) ** 2).sum())", "return float(sq.sum())"),
     Fault("power_iters_capped", "power iterations capped at one",
-          "n_passes = 2 * self.power_iters + 2", "n_passes = 2 * min(self.power_iters, 1) + 2"),
+          "n_passes = 2 * power_iters + 2", "n_passes = 2 * min(power_iters, 1) + 2"),
     Fault("no_sign_flip", "no svd_flip sign convention on the components",
-          "Wt = (Wt * svd_flip_rows(Wt)[:, None]).contiguous()  # row-major",
-          "Wt = Wt.contiguous()  # row-major", tuple(CORE + MODES)),
+          "return svd_flip(Wt[:rank]), S[:rank]", "return Wt[:rank].contiguous(), S[:rank]",
+          tuple(CORE + MODES)),
     Fault("no_eval_mode", "eval mode never entered",
           "                module.eval()\n", "                pass\n", tuple(MODES)),
 ]
