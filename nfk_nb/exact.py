@@ -139,12 +139,18 @@ def fisher_kernel(
     op = _setup(lik, device, dtype)
     acc = op.acc_dtype
     m = other.n
-    check_memory((source.n + (0 if Z is None else m)) * op.P + source.n * m, acc, op.device,
-                 "Fisher kernel", max_memory)
     with eval_mode(lik.model):
         check_source(op, source)
         if Z is not None:
             check_source(op, other)
+        width = op.P
+        if getattr(op, "layers", None):  # layer-wise: the numbers stored per example (gram.py)
+            from .gram import feature_size
+
+            op.probe(op.to_batch(source.first()))
+            width = feature_size(op, fisher) if op.layers else op.P
+        check_memory((source.n + (0 if Z is None else m)) * width + source.n * m, acc, op.device,
+                     "Fisher kernel", max_memory)
         est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
         op, est = precise_enough(  # near-constant scores: float64, or refused
             op, est, lambda o: _fisher(lik, o, source, fisher, damping, seed, batch_size))

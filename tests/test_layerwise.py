@@ -385,3 +385,18 @@ def test_centred_square_sum_does_not_cancel(spread):
                                     for i in range(40)))
     got = _centred_square_sum(a, d, M)
     torch.testing.assert_close(got, exact, rtol=1e-8, atol=0)
+
+
+def test_exact_kernel_memory_check_counts_the_layerwise_features():
+    from nfk_nb.errors import NFKMemoryError
+
+    net = mlp()
+    X = _data((6,), n=30)
+    lik = nfk.Classifier(net)
+    P = sum(p.numel() for p in net.parameters())
+    per_example = (6 + 1 + 7) + (7 + 1 + 7) + (7 + 1 + 3)  # T·(in + out) per Hadamard layer
+    need = (30 * per_example + 30 * 30) * 8
+    assert need < 30 * P * 8  # the layer-wise budget is below the N×P one
+    nfk.fisher_kernel(lik, X, fisher="identity", max_memory=need)
+    with pytest.raises(NFKMemoryError):
+        nfk.fisher_kernel(lik, X, fisher="identity", max_memory=need - 8)
