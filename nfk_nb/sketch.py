@@ -189,9 +189,31 @@ def single_pass_sketch(sweep: Sweep, omega: Omega, reducer: Reducer | None = Non
 
 
 def top_singular(B: Tensor, rank: int) -> tuple[Tensor, Tensor]:
-    """The top ``rank`` right singular vectors (rows, signs fixed by :func:`svd_flip`) and values of ``B``."""
-    _, S, Wt = torch.linalg.svd(B, full_matrices=False)
-    return svd_flip(Wt[:rank]), S[:rank]
+    """The top ``rank`` right singular vectors (rows, signs fixed by :func:`svd_flip`) and values of ``B``.
+
+    For a wide ``B`` (l×P, l ≪ P) from the float64 Gram matrix ``B Bᵀ = U S² Uᵀ`` and
+    ``W_kᵀ = S_k⁻¹ U_kᵀ B``, block by block: only the k×P result is allocated, where the thin SVD
+    of ``B`` held about two more l×P buffers (2.2 GB for a ResNet-18-size sketch). When a wanted
+    singular value is below 1e-6 of the largest (its vector would be rounding), the thin SVD is used.
+    """
+    l, P = B.shape
+    if l > P:
+        _, S, Wt = torch.linalg.svd(B, full_matrices=False)
+        return svd_flip(Wt[:rank]), S[:rank]
+    G = torch.zeros(l, l, dtype=torch.float64, device=B.device)
+    for start in range(0, P, ORTH_BLOCK):
+        block = B[:, start : start + ORTH_BLOCK].double()
+        G += block @ block.T
+    evals, U = torch.linalg.eigh(G)
+    S = evals.flip(0)[:rank].clamp_min(0).sqrt()
+    if not bool(S[-1] > 1e-6 * S[0]):
+        _, S, Wt = torch.linalg.svd(B, full_matrices=False)
+        return svd_flip(Wt[:rank]), S[:rank]
+    A = (U.flip(1)[:, :rank] / S).T  # (k, l): W_kᵀ = A B
+    Wt = torch.empty(rank, P, dtype=B.dtype, device=B.device)
+    for start in range(0, P, ORTH_BLOCK):
+        Wt[:, start : start + ORTH_BLOCK] = A @ B[:, start : start + ORTH_BLOCK].double()
+    return svd_flip(Wt), S.to(B.dtype)
 
 
 def randomized_svd(
