@@ -149,10 +149,14 @@ def _row_error(products, source, Wt: Tensor, embedding: Tensor) -> float:
     # plain torch.func gradients (not the fit's own product path), in float64
     exact = LogProbOperator(op.lik, op.device, torch.float64)
     exact._loop_examples = op._loop_examples  # the fallback found in the fit needs no second warning
-    G = exact.per_example_grads(exact.to_batch(batch))
-    V = products.fisher.whiten_(G - products.fisher.mean.to(G), exact.space)
-    want = V @ Wt.to(G).T
-    got = embedding[:n].to(G)
+    V = exact.per_example_grads(exact.to_batch(batch))
+    V = products.fisher.whiten_(V.sub_(products.fisher.mean.to(V)), exact.space)
+    # W_k v(x) block by block: a float64 copy of all of Wt would be 2× the k×P components
+    want = torch.zeros(len(V), len(Wt), dtype=V.dtype, device=V.device)
+    step = 1 << 16
+    for start in range(0, V.shape[1], step):
+        want += V[:, start : start + step] @ Wt[:, start : start + step].to(V).T
+    got = embedding[:n].to(V)
     err = (got - want).norm(dim=1) / V.norm(dim=1).clamp_min(1e-300)
     return float(err.max())
 
