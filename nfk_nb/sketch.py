@@ -213,7 +213,10 @@ def top_singular(B: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     Wt = torch.empty(rank, P, dtype=B.dtype, device=B.device)
     for start in range(0, P, ORTH_BLOCK):
         Wt[:, start : start + ORTH_BLOCK] = A @ B[:, start : start + ORTH_BLOCK].double()
-    return svd_flip(Wt), S.to(B.dtype)
+    # svd_flip's rule in place (the largest-magnitude entry of each row positive): no k×P temporaries
+    largest_positive = Wt.amax(1) >= -Wt.amin(1)
+    Wt.mul_(torch.where(largest_positive, 1.0, -1.0).to(Wt)[:, None])
+    return Wt, S.to(B.dtype)
 
 
 def randomized_svd(

@@ -160,6 +160,8 @@ def _check_differentiable(op: LogProbOperator, prepared: tuple[Tensor, ...]) -> 
 
 def check_finite_rows(Y: Tensor, what: str, first_index: int = 0) -> None:
     """Refuse a non-finite ``(n, k)`` pass output, naming the first bad example."""
+    if bool(torch.isfinite(Y.sum())):  # all finite: no boolean temporaries the size of Y
+        return
     bad = ~torch.isfinite(Y)
     if bool(bad.any()):
         row = global_index(first_index + int(bad.any(1).nonzero()[0]))
@@ -171,6 +173,8 @@ def check_finite_rows(Y: Tensor, what: str, first_index: int = 0) -> None:
 
 def check_finite_columns(Z: Tensor, op: LogProbOperator, what: str) -> None:
     """Refuse a non-finite ``(k, P)`` pass output, naming the parameter tensor of the first bad entry."""
+    if bool(torch.isfinite(Z.sum())):  # all finite: no boolean temporaries the size of Z
+        return
     bad = ~torch.isfinite(Z)
     if bool(bad.any()):
         col = int(bad.any(0).nonzero()[0])
