@@ -72,6 +72,14 @@ def _fisher(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: st
     return est
 
 
+def _estimate(lik: Likelihood, op: LogProbOperator, source: DataSource, fisher: str, damping: float,
+              seed: int, batch_size: int) -> tuple[LogProbOperator, FisherEstimate]:
+    """The Fisher estimate of both public functions, redone in float64 when the scores are
+    near-constant in the compute dtype (or refused): the operator it holds for, and the estimate."""
+    est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
+    return precise_enough(op, est, lambda o: _fisher(lik, o, source, fisher, damping, seed, batch_size))
+
+
 def _vectors(op: LogProbOperator, source: DataSource, est: FisherEstimate) -> Tensor:
     acc = op.acc_dtype
     mean = est.mean.to(acc)
@@ -83,13 +91,9 @@ def fisher_vectors(
     lik: Likelihood,
     X: Any,
     *,
-    fisher: str = "diagonal",
-    damping: float = DEFAULT_DAMPING,
-    batch_size: int = 256,
-    device: Any = None,
-    dtype: torch.dtype | None = None,
-    seed: int = 0,
-    max_memory: int | None = None,
+    fisher: str = "diagonal", damping: float = DEFAULT_DAMPING,  # the Fisher estimate
+    batch_size: int = 256, device: Any = None, dtype: torch.dtype | None = None,  # how it is computed
+    seed: int = 0, max_memory: int | None = None,
 ) -> Tensor:
     """Dense Fisher vectors ``v(x) = I^{-1/2} (∇ log p̃(x) - m)``, shape (N, P), on the CPU.
 
@@ -110,9 +114,7 @@ def fisher_vectors(
                  max_memory)
     with eval_mode(lik.model):
         check_source(op, source)
-        est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
-        op, est = precise_enough(  # near-constant scores: float64, or refused
-            op, est, lambda o: _fisher(lik, o, source, fisher, damping, seed, batch_size))
+        op, est = _estimate(lik, op, source, fisher, damping, seed, batch_size)
         return _vectors(op, source, est).cpu()
 
 
@@ -121,13 +123,9 @@ def fisher_kernel(
     X: Any,
     Z: Any = None,
     *,
-    fisher: str = "diagonal",
-    damping: float = DEFAULT_DAMPING,
-    batch_size: int = 256,
-    device: Any = None,
-    dtype: torch.dtype | None = None,
-    seed: int = 0,
-    max_memory: int | None = None,
+    fisher: str = "diagonal", damping: float = DEFAULT_DAMPING,  # the Fisher estimate
+    batch_size: int = 256, device: Any = None, dtype: torch.dtype | None = None,  # how it is computed
+    seed: int = 0, max_memory: int | None = None,
 ) -> Tensor:
     """Exact NFK ``K(x, z) = v(x)ᵀ v(z)`` between ``X`` (N) and ``Z`` (M, default ``X``): (N, M).
 
@@ -151,9 +149,7 @@ def fisher_kernel(
             width = feature_size(op, fisher) if op.layers else op.P
         check_memory((source.n + (0 if Z is None else m)) * width + source.n * m, acc, op.device,
                      "Fisher kernel", max_memory)
-        est = _fisher(lik, op, source, fisher, damping, seed, batch_size)
-        op, est = precise_enough(  # near-constant scores: float64, or refused
-            op, est, lambda o: _fisher(lik, o, source, fisher, damping, seed, batch_size))
+        op, est = _estimate(lik, op, source, fisher, damping, seed, batch_size)
         if getattr(op, "layers", None):  # layer-wise: no P-sized row per example where possible
             from .gram import layerwise_kernel
 
