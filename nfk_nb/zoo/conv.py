@@ -12,12 +12,13 @@ one CPU core.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NFKError
-from ._loop import train_epochs, train_gan_epochs
+from ._loop import train_gan_epochs, train_pair, train_vae_epochs
 from .gan import GANResult
 from .vae import GaussianEncoder, VAEResult
 
@@ -56,24 +57,10 @@ def make_conv_gan(
 ) -> tuple[nn.Sequential, nn.Sequential]:
     """A convolutional generator ``z -> image`` (sigmoid output) and discriminator ``image -> logit``.
 
-    Parameters
-    ----------
-    size : int
-        Image side (divisible by 4).
-    channels : int
-        Image channels.
-    latent_dim : int
-        Dimension of the generator's Gaussian input.
-    width : int
-        Channels of the first convolution (the second has twice as many).
-    seed : int
-        Seed of the initialisation; the global RNG is left as it was.
-
-    Returns
-    -------
-    generator, discriminator : nn.Sequential
-        The discriminator's last module is the logit layer, so ``discriminator[:-1]`` gives its
-        flattened convolutional features (``2·width·(size/4)²`` of them).
+    ``size`` is the image side (divisible by 4), ``channels`` the image channels and ``width`` the
+    channels of the first convolution (the second has twice as many); ``latent_dim``, ``seed`` and
+    the returned pair are as in :func:`~nfk_nb.zoo.gan.make_gan`, the discriminator's features
+    before its logit layer being its flattened convolutional ones (``2·width·(size/4)²`` of them).
     """
     if size % 4 or min(size, channels, latent_dim, width) < 1:
         raise NFKError("size must be a positive multiple of 4; channels, latent_dim and width positive.")
@@ -110,14 +97,8 @@ def make_conv_vae(
 
 
 def train_conv_gan(
-    X: Tensor,
-    *,
-    latent_dim: int = 32,
-    width: int = 16,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 5e-4,
-    seed: int = 0,
+    X: Tensor, *, latent_dim: int = 32, width: int = 16,  # the networks (make_conv_gan)
+    epochs: int = 30, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,  # see train_gan_epochs
 ) -> GANResult:
     """Train :func:`make_conv_gan` on images ``X`` (N, C, S, S) in [0, 1], non-saturating loss, Adam.
 
@@ -130,53 +111,22 @@ def train_conv_gan(
         Networks in eval mode, with per-epoch mean losses ``losses["d"]`` and ``losses["g"]``.
     """
     channels, size = _check_images(X)
-    if epochs < 1 or batch_size < 1:
-        raise NFKError("epochs and batch_size must be at least 1.")
-    generator, discriminator = make_conv_gan(size, channels, latent_dim, width, seed)
-    gen = torch.Generator().manual_seed(seed)
-    losses = train_gan_epochs(generator, discriminator, X, latent_dim, epochs=epochs, batch_size=batch_size,
-                              lr=lr, gen=gen)
-    return GANResult(generator, discriminator, latent_dim, losses)
+    make = partial(make_conv_gan, size, channels, latent_dim, width, seed)
+    return train_pair(GANResult, make, train_gan_epochs, X, latent_dim, epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=seed)
 
 
 def train_conv_vae(
-    X: Tensor,
-    *,
-    latent_dim: int = 16,
-    width: int = 16,
-    epochs: int = 30,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
+    X: Tensor, *, latent_dim: int = 16, width: int = 16,  # the networks (make_conv_vae)
+    epochs: int = 30, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,  # see train_vae_epochs
 ) -> VAEResult:
     """Train :func:`make_conv_vae` on images ``X`` (N, C, S, S) in [0, 1] by maximising the ELBO.
 
     One reparameterised sample per example and step, Adam. ``seed`` seeds the initialisation, batch
-    order and noise; the global RNG is untouched.
-
-    Returns
-    -------
-    VAEResult
-        Networks in eval mode, with the mean negative ELBO per epoch in ``losses``.
+    order and noise; the global RNG is untouched. Returns a :class:`VAEResult`, networks in eval
+    mode, with the mean negative ELBO per epoch in ``losses``.
     """
     channels, size = _check_images(X)
-    if epochs < 1 or batch_size < 1:
-        raise NFKError("epochs and batch_size must be at least 1.")
-    encoder, decoder = make_conv_vae(size, channels, latent_dim, width, seed)
-    gen = torch.Generator().manual_seed(seed)
-    opt = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=lr)
-    encoder.train()
-    decoder.train()
-
-    def loss_of(idx: Tensor) -> Tensor:
-        x = X[idx]
-        mu, logvar = encoder(x)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn(mu.shape, generator=gen)
-        rec = F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").flatten(1).sum(-1)
-        kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
-        return (rec + kl).mean()
-
-    losses = train_epochs(len(X), epochs, batch_size, gen, opt, loss_of)
-    encoder.eval()
-    decoder.eval()
-    return VAEResult(encoder, decoder, latent_dim, losses)
+    make = partial(make_conv_vae, size, channels, latent_dim, width, seed)
+    return train_pair(VAEResult, make, train_vae_epochs, X, latent_dim, epochs=epochs,
+                      batch_size=batch_size, lr=lr, seed=seed)

@@ -8,12 +8,14 @@ Training is the non-saturating GAN loss with Adam; about ten seconds on a CPU at
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import NFKError
-from ._loop import train_gan_epochs
+from ._loop import check_flat, train_gan_epochs, train_pair
+from .classifier import penultimate as features_before_head
 
 
 def make_gan(
@@ -71,13 +73,8 @@ class GANResult:
 
 
 def train_gan(
-    X: Tensor,
-    *,
-    latent_dim: int = 16,
-    epochs: int = 150,
-    batch_size: int = 64,
-    lr: float = 5e-4,
-    seed: int = 0,
+    X: Tensor, *, latent_dim: int = 16,  # with hidden: the networks (make_gan)
+    epochs: int = 150, batch_size: int = 64, lr: float = 5e-4, seed: int = 0,  # see train_gan_epochs
     hidden: int = 128,
 ) -> GANResult:
     """Train a GAN on ``X`` (N, D) with the non-saturating loss and Adam (β₁ = 0.5).
@@ -98,19 +95,12 @@ def train_gan(
     GANResult
         With per-epoch mean losses ``losses["d"]`` and ``losses["g"]``.
     """
-    if X.dim() != 2:
-        raise NFKError(f"X must be 2-D (examples × pixels), got shape {tuple(X.shape)}.")
-    if epochs < 1 or batch_size < 1:
-        raise NFKError("epochs and batch_size must be at least 1.")
-    generator, discriminator = make_gan(X.shape[1], latent_dim, hidden, seed)
-    gen = torch.Generator().manual_seed(seed)
-    losses = train_gan_epochs(generator, discriminator, X, latent_dim, epochs=epochs, batch_size=batch_size,
-                              lr=lr, gen=gen)
-    return GANResult(generator, discriminator, latent_dim, losses)
+    check_flat(X)
+    return train_pair(GANResult, partial(make_gan, X.shape[1], latent_dim, hidden, seed), train_gan_epochs, X,
+                      latent_dim, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def penultimate(discriminator: nn.Sequential, X: Tensor) -> Tensor:
     """The discriminator's features before its logit layer (its own representation of ``X``)."""
     discriminator.eval()
-    with torch.no_grad():
-        return discriminator[:-1](X)
+    return features_before_head(discriminator, X)

@@ -7,13 +7,14 @@ The encoder returns ``(mu, logvar)`` and the decoder Bernoulli logits, the inter
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import NFKError
-from ._loop import train_epochs
+from ._loop import check_flat, train_pair, train_vae_epochs  # public here: the loss train_vae minimises
+from ._loop import negative_elbo as negative_elbo
 
 
 class GaussianEncoder(nn.Module):
@@ -77,63 +78,21 @@ class VAEResult:
     losses: list[float] = field(default_factory=list)
 
 
-def negative_elbo(encoder: nn.Module, decoder: nn.Module, x: Tensor, eps: Tensor) -> Tensor:
-    """Per-example negative ELBO with one reparameterised sample ``z = mu + σ·eps``."""
-    mu, logvar = encoder(x)
-    z = mu + torch.exp(0.5 * logvar) * eps
-    rec = F.binary_cross_entropy_with_logits(decoder(z), x, reduction="none").sum(-1)
-    kl = 0.5 * (mu**2 + logvar.exp() - 1.0 - logvar).sum(-1)
-    return rec + kl
-
-
 def train_vae(
-    X: Tensor,
-    *,
-    latent_dim: int = 8,
-    epochs: int = 100,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    seed: int = 0,
+    X: Tensor, *, latent_dim: int = 8,  # with hidden: the networks (make_vae)
+    epochs: int = 100, batch_size: int = 64, lr: float = 1e-3, seed: int = 0,  # see train_vae_epochs
     hidden: int = 128,
 ) -> VAEResult:
     """Train a Bernoulli VAE on ``X`` (N, D) in [0, 1] by maximising the ELBO with Adam.
 
-    Parameters
-    ----------
-    X : Tensor
-        Training data, values in [0, 1].
-    latent_dim, hidden
-        Passed to :func:`make_vae`.
-    epochs, batch_size, lr
-        Optimisation settings.
-    seed : int
-        Seeds the initialisation, the batch order and the reparameterisation noise (the global RNG
-        is untouched).
-
-    Returns
-    -------
-    VAEResult
-        With the mean negative ELBO per epoch in ``losses``.
+    The parameters are those of :func:`~nfk_nb.zoo.gan.train_gan`, with ``latent_dim`` and
+    ``hidden`` passed to :func:`make_vae` and ``seed`` seeding the reparameterisation noise instead
+    of the latent draws. Returns a :class:`VAEResult` with the mean negative ELBO per epoch in
+    ``losses``.
     """
-    if X.dim() != 2:
-        raise NFKError(f"X must be 2-D (examples × pixels), got shape {tuple(X.shape)}.")
-    if epochs < 1 or batch_size < 1:
-        raise NFKError("epochs and batch_size must be at least 1.")
-    encoder, decoder = make_vae(X.shape[1], latent_dim, hidden, seed)
-    gen = torch.Generator().manual_seed(seed)
-    params = list(encoder.parameters()) + list(decoder.parameters())
-    opt = torch.optim.Adam(params, lr=lr)
-    encoder.train()
-    decoder.train()
-
-    def loss_of(idx: Tensor) -> Tensor:
-        eps = torch.randn(len(idx), latent_dim, generator=gen)  # reparameterisation noise, seeded
-        return negative_elbo(encoder, decoder, X[idx], eps).mean()
-
-    losses = train_epochs(len(X), epochs, batch_size, gen, opt, loss_of)
-    encoder.eval()
-    decoder.eval()
-    return VAEResult(encoder, decoder, latent_dim, losses)
+    check_flat(X)
+    return train_pair(VAEResult, partial(make_vae, X.shape[1], latent_dim, hidden, seed), train_vae_epochs, X,
+                      latent_dim, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed)
 
 
 def latent_mean(encoder: nn.Module, X: Tensor) -> Tensor:
