@@ -148,7 +148,7 @@ def _row_error(products, source, Wt: Tensor, embedding: Tensor) -> float:
     batch = slice_batch(first, 0, n)
     # plain torch.func gradients (not the fit's own product path), in float64
     exact = LogProbOperator(op.lik, op.device, torch.float64)
-    exact._loop_examples = op._loop_examples  # the fallback found in the fit needs no second warning
+    exact.loop_examples_like(op)  # the fallback found in the fit needs no second warning
     V = exact.per_example_grads(exact.to_batch(batch))
     V = products.fisher.whiten_(V.sub_(products.fisher.mean.to(V)), exact.space)
     # W_k v(x) block by block: a float64 copy of all of Wt would be 2× the k×P components

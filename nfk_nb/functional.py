@@ -258,6 +258,13 @@ class LogProbOperator:
                 return out
         return self._grads_loop(batch)
 
+    def loop_examples_like(self, other: LogProbOperator) -> None:
+        """Start in ``other``'s mode: per-example gradients by a loop over examples when ``vmap`` over
+        them already failed there (so the fallback found once is not warned about a second time)."""
+        if other._loop_examples and not self._loop_examples:
+            self._loop_examples = True
+            self.choices.clear()  # the cost model changes, as in _grads
+
     def _single(self, template: Batch, fixed: dict[str, Tensor] | None = None):
         """``log p̃`` of one example as a function of (some of) θ; the rest of θ is ``fixed``."""
 
