@@ -56,15 +56,20 @@ def crash_after_first_save(monkeypatch):
     monkeypatch.setattr(FitCheckpoint, "save", save)
 
 
+def crashed_fit(monkeypatch, lik, X, path) -> None:
+    """A fit of ``X`` with checkpoint ``path`` killed right after its first save (the file stays)."""
+    with monkeypatch.context() as m:
+        crash_after_first_save(m)
+        with pytest.raises(Crash):
+            est(lik).fit(X, checkpoint=path)
+
+
 # -- checkpoints -------------------------------------------------------------------------------------
 
 def test_data_changed_after_the_first_batch_is_refused_on_resume(tmp_path, monkeypatch):
     lik, X = nfk.Classifier(mlp()), data()
     path = tmp_path / "fit.ckpt"
-    with monkeypatch.context() as m:
-        crash_after_first_save(m)
-        with pytest.raises(Crash):
-            est(lik).fit(X, checkpoint=path)
+    crashed_fit(monkeypatch, lik, X, path)
     X2 = X.clone()
     X2[25] += 1.0  # same size, same first batch, one row of the last batch changed
     with pytest.raises(NFKError, match="The data differ from those"):
@@ -76,10 +81,7 @@ def test_data_changed_after_the_first_batch_is_refused_on_resume(tmp_path, monke
 def test_resume_with_the_same_data_is_unchanged(tmp_path, monkeypatch):
     lik, X = nfk.Classifier(mlp()), data()
     path = tmp_path / "fit.ckpt"
-    with monkeypatch.context() as m:
-        crash_after_first_save(m)
-        with pytest.raises(Crash):
-            est(lik).fit(X, checkpoint=path)
+    crashed_fit(monkeypatch, lik, X, path)
     assert torch.equal(est(lik).fit_transform(X, checkpoint=path), est(lik).fit_transform(X))
 
 
@@ -94,10 +96,7 @@ def _log_prob_b(m, x):
 def test_a_log_prob_with_other_code_is_another_fit(tmp_path, monkeypatch):
     net, X = mlp(), data()
     path = tmp_path / "fit.ckpt"
-    with monkeypatch.context() as m:
-        crash_after_first_save(m)
-        with pytest.raises(Crash):
-            est(nfk.Likelihood(_log_prob_a, net)).fit(X, checkpoint=path)
+    crashed_fit(monkeypatch, nfk.Likelihood(_log_prob_a, net), X, path)
     other = _log_prob_b
     other.__qualname__ = _log_prob_a.__qualname__  # same name, other code
     with pytest.raises(NFKError, match="belongs to another fit"):
@@ -110,10 +109,7 @@ def test_other_sampler_draws_are_another_fit(tmp_path, monkeypatch):
     lik = nfk.EnergyModel(nn.Sequential(nn.Linear(4, 6), nn.Tanh(), nn.Linear(6, 1)),
                           sampler=lambda n: gen(torch.randn(n, 2)), n_samples=40)
     X, path = data(), tmp_path / "fit.ckpt"
-    with monkeypatch.context() as m:
-        crash_after_first_save(m)
-        with pytest.raises(Crash):
-            est(lik).fit(X, checkpoint=path)
+    crashed_fit(monkeypatch, lik, X, path)
     with torch.no_grad():
         gen.weight.mul_(2.0)  # the generator was trained on: other reference draws
     with pytest.raises(NFKError, match="belongs to another fit"):

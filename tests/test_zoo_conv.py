@@ -12,22 +12,14 @@ from nfk_nb.zoo.conv import make_conv_gan, make_conv_vae, train_conv_gan, train_
 from nfk_nb.zoo.gan import penultimate
 from nfk_nb.zoo.vae import latent_mean
 
+from .helpers import same_params
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     return torch.rand(96, 1, 12, 12, generator=torch.Generator().manual_seed(0))
-
-
-def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_make_conv_gan_and_vae_shapes_and_seeding() -> None:
@@ -40,8 +32,8 @@ def test_make_conv_gan_and_vae_shapes_and_seeding() -> None:
     assert d(x).shape == (2, 1) and penultimate(d, x).shape == (2, 8 * 3 * 3)
     mu, logvar = enc(x)
     assert mu.shape == logvar.shape == (2, 3) and dec(mu).shape == (2, 1, 12, 12)
-    assert _same(d, make_conv_gan(size=12, latent_dim=5, width=4, seed=3)[1])
-    assert not _same(d, make_conv_gan(size=12, latent_dim=5, width=4, seed=4)[1])
+    assert same_params(d, make_conv_gan(size=12, latent_dim=5, width=4, seed=3)[1])
+    assert not same_params(d, make_conv_gan(size=12, latent_dim=5, width=4, seed=4)[1])
     with pytest.raises(NFKError, match="multiple of 4"):
         make_conv_gan(size=10)
 

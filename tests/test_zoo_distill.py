@@ -11,15 +11,13 @@ from nfk_nb.errors import NFKError, NFKTypeError
 from nfk_nb.zoo.classifier import accuracy, mlp
 from nfk_nb.zoo.distill import MODES, kd_loss, labelled_subset, teacher_logits, train_student
 
+from .helpers import same_params
+
 
 @pytest.fixture(scope="module")
 def blobs() -> tuple[torch.Tensor, torch.Tensor]:
     X, y = make_blobs(n=300, centers=3, dim=4, spread=0.8, seed=1)
     return X, y
-
-
-def _same(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_labelled_subset_counts_seeding_and_errors() -> None:
@@ -55,11 +53,11 @@ def test_plain_ignores_unlabelled_labels_and_is_seeded(blobs) -> None:
     train_student(a, X, y, labelled=lab, epochs=5, seed=2)
     train_student(b, X, y_scrambled, labelled=mask.logical_not(), epochs=5, seed=2)  # mask form
     assert torch.equal(state, torch.random.get_rng_state()), "training must not move the global RNG"
-    assert _same(a, b), "plain mode must use only the labelled rows (and accept a boolean mask)"
+    assert same_params(a, b), "plain mode must use only the labelled rows (and accept a boolean mask)"
     assert not a.training
     c = mlp([4, 16, 3], seed=0)
     train_student(c, X, y, labelled=lab, epochs=5, seed=3)
-    assert not _same(a, c)
+    assert not same_params(a, c)
 
 
 def test_plain_learns_from_labels(blobs) -> None:

@@ -11,24 +11,15 @@ from nfk_nb.errors import NFKError
 from nfk_nb.zoo.gan import GANResult, make_gan, penultimate, train_gan
 from nfk_nb.zoo.vae import VAEResult, latent_mean, make_vae, negative_elbo, train_vae
 
+from .helpers import same_params
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one thread is as fast and avoids oversubscribing a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def digits() -> tuple[torch.Tensor, torch.Tensor]:
     X, y, _, _ = load_digits()
     return X[:256], y[:256]
-
-
-def _same_params(a: torch.nn.Module, b: torch.nn.Module) -> bool:
-    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
 
 
 def test_make_gan_shapes_and_seeding() -> None:
@@ -40,8 +31,8 @@ def test_make_gan_shapes_and_seeding() -> None:
     assert d(x).shape == (5, 1)
     g2, d2 = make_gan(data_dim=64, latent_dim=16, hidden=32, seed=3)
     _, d3 = make_gan(data_dim=64, latent_dim=16, hidden=32, seed=4)
-    assert _same_params(g, g2) and _same_params(d, d2)
-    assert not _same_params(d, d3)
+    assert same_params(g, g2) and same_params(d, d2)
+    assert not same_params(d, d3)
 
 
 def test_train_gan_is_seeded_and_leaves_eval_mode(digits) -> None:
@@ -52,7 +43,7 @@ def test_train_gan_is_seeded_and_leaves_eval_mode(digits) -> None:
     r2 = train_gan(X, latent_dim=8, epochs=2, hidden=32, seed=1)
     assert isinstance(r1, GANResult) and r1.latent_dim == 8
     assert len(r1.losses["d"]) == len(r1.losses["g"]) == 2
-    assert r1.losses == r2.losses and _same_params(r1.discriminator, r2.discriminator)
+    assert r1.losses == r2.losses and same_params(r1.discriminator, r2.discriminator)
     assert not r1.generator.training and not r1.discriminator.training
     assert penultimate(r1.discriminator, X[:7]).shape == (7, 32)
 
@@ -94,7 +85,7 @@ def test_make_vae_shapes_and_seeding() -> None:
     assert mu.shape == logvar.shape == (3, 4)
     assert dec(mu).shape == (3, 64)
     enc2, dec2 = make_vae(data_dim=64, latent_dim=4, hidden=32, seed=0)
-    assert _same_params(enc, enc2) and _same_params(dec, dec2)
+    assert same_params(enc, enc2) and same_params(dec, dec2)
 
 
 def test_train_vae_lowers_the_loss_and_is_seeded(digits) -> None:
