@@ -17,6 +17,7 @@ from torch import nn
 from torch.nn import functional as F
 
 import nfk_nb as nfk
+from nfk_nb.zoo.resnet import BasicBlock
 
 
 @dataclass
@@ -55,23 +56,6 @@ def _warm_batchnorm(model: nn.Module, x: torch.Tensor) -> nn.Module:
 
 
 # -- CNNs ---------------------------------------------------------------------------------------
-class BasicBlock(nn.Module):
-    def __init__(self, c_in: int, c_out: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False),
-                                          nn.BatchNorm2d(c_out))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class TinyResNet(nn.Module):
     def __init__(self, width: int = 4, classes: int = 5) -> None:
         super().__init__()
