@@ -12,6 +12,7 @@ from nbconvert import HTMLExporter
 from nfk_nb.cli import main
 from nfk_nb.export import external_scripts, markdown_math_to_mathml, offline_html
 
+from .helpers import write_notebook
 from .nbrun import NOTEBOOKS
 
 TUTORIALS = sorted(NOTEBOOKS.glob("[0-9][0-9]_*.ipynb"))
@@ -48,22 +49,12 @@ def test_every_tutorial_exports_with_rendered_math_and_no_external_script(path):
 
 @pytest.mark.timeout(240)
 def test_a_report_shows_the_explorer_as_a_picture(tmp_path: Path):
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("n = 40")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        nbformat.v4.new_markdown_cell("# Explorer\nThe kernel $K(x, z) = v(x)^\\top v(z)$."),
-        params,
-        nbformat.v4.new_code_cell(
-            "import numpy as np\nimport nfk_nb as nfk\nfrom nfk_nb.widgets import EmbeddingExplorer\n"
-            "rng = np.random.default_rng(0)\nE = rng.normal(size=(n, 4))\ny = np.arange(n) % 3\n"
-            "nfk.record('n', n)\nEmbeddingExplorer(E, y, rng.random((n, 16)), shape=(4, 4))"),
-        nbformat.v4.new_code_cell("nfk.records_table()"),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                                 "language": "python"}
-    src = tmp_path / "01_explorer.ipynb"
-    nbformat.write(nb, str(src))
+    src = write_notebook(
+        tmp_path / "01_explorer.ipynb", "# Explorer\nThe kernel $K(x, z) = v(x)^\\top v(z)$.", "n = 40",
+        "import numpy as np\nimport nfk_nb as nfk\nfrom nfk_nb.widgets import EmbeddingExplorer\n"
+        "rng = np.random.default_rng(0)\nE = rng.normal(size=(n, 4))\ny = np.arange(n) % 3\n"
+        "nfk.record('n', n)\nEmbeddingExplorer(E, y, rng.random((n, 16)), shape=(4, 4))",
+        "nfk.records_table()")
     assert main(["run", str(src), "--out", str(tmp_path / "reports"), "--timeout", "200"]) == 0
     page = (tmp_path / "reports" / "01_explorer.html").read_text(encoding="utf-8")
     assert external_scripts(page) == []

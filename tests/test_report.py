@@ -13,20 +13,11 @@ from nfk_nb.cli import main
 from nfk_nb.records import read_records
 from nfk_nb.report import has_outputs, parse_value, pick_kernel, run_notebook, strip_notebook
 
+from .helpers import write_notebook
+
 
 def _notebook(path: Path, body: str) -> Path:
-    nb = nbformat.v4.new_notebook()
-    params = nbformat.v4.new_code_cell("n = 2\nscale = 0.5\nname = 'a'")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        nbformat.v4.new_markdown_cell("# tiny"),
-        params,
-        nbformat.v4.new_code_cell("import nfk_nb as nfk"),
-        nbformat.v4.new_code_cell(body),
-    ]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(path))
-    return path
+    return write_notebook(path, "# tiny", "n = 2\nscale = 0.5\nname = 'a'", "import nfk_nb as nfk", body)
 
 
 @pytest.fixture
