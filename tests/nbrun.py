@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from nfk_nb.report import run_notebook as run_report
 
@@ -22,6 +25,16 @@ def run_notebook(name: str, out_dir: Path, parameters: dict[str, Any] | None = N
     """
     return run_report(NOTEBOOKS / name, out_dir, parameters, kernel_name=KERNEL, timeout=timeout,
                       html=False).records
+
+
+def run_one_thread(name: str, tmp_path_factory: pytest.TempPathFactory, parameters: dict[str, Any],
+                   timeout: int = 300) -> dict[str, Any]:
+    """:func:`run_notebook` into a fresh folder with one PyTorch thread in the kernel: on a small
+    shared CPU, two threads per process oversubscribe the cores and a run takes several times longer
+    (measured 31 s vs 4 s for the same training)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
+        return run_notebook(name, tmp_path_factory.mktemp(f"nb{name[:2]}"), parameters, timeout=timeout)
 
 
 def code_cells(name: str) -> list[dict[str, Any]]:

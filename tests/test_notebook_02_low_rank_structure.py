@@ -7,11 +7,10 @@ notebook's own defaults were measured the same way (README results table).
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 
-from tests.nbrun import run_notebook
+from tests.nbrun import run_one_thread
 
 pytestmark = pytest.mark.notebook
 
@@ -23,12 +22,7 @@ PARAMS = dict(
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    # One PyTorch thread in the kernel: on a small shared CPU, two threads per process oversubscribe
-    # the cores and a run takes several times longer (measured 31 s vs 4 s for the same training).
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-        return run_notebook("02_low_rank_structure.ipynb", tmp_path_factory.mktemp("nb02"), PARAMS,
-                            timeout=300)
+    return run_one_thread("02_low_rank_structure.ipynb", tmp_path_factory, PARAMS)
 
 
 def test_training_concentrates_the_spectrum(records):

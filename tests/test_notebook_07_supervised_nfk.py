@@ -7,11 +7,9 @@ that held on every seed, here and at the notebook's defaults, are asserted; the 
 
 from __future__ import annotations
 
-import os
-
 import pytest
 
-from tests.nbrun import run_notebook
+from tests.nbrun import run_one_thread
 
 pytestmark = pytest.mark.notebook
 
@@ -21,10 +19,7 @@ PARAMS = dict(hidden=32, epochs=30, rank=32, ranks=[8, 32, 64], n_train=600,
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    # One PyTorch thread in the kernel: two threads per process oversubscribe a small shared CPU.
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-        return run_notebook("07_supervised_nfk.ipynb", tmp_path_factory.mktemp("nb07"), PARAMS, timeout=300)
+    return run_one_thread("07_supervised_nfk.ipynb", tmp_path_factory, PARAMS)
 
 
 def test_nfk_retrieval_beats_the_null_baselines(records):

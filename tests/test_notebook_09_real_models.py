@@ -7,11 +7,10 @@ did not hold on every seed are reported in the notebook, not asserted.
 from __future__ import annotations
 
 import math
-import os
 
 import pytest
 
-from tests.nbrun import run_notebook
+from tests.nbrun import run_one_thread
 
 pytestmark = pytest.mark.notebook
 
@@ -21,9 +20,7 @@ PARAMS = dict(n_train=300, n_test=200, cnn_epochs=10, rank=16, n_per_grammar=30,
 
 @pytest.fixture(scope="module")
 def records(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", os.environ.get("OMP_NUM_THREADS", "1"))
-        return run_notebook("09_real_models.ipynb", tmp_path_factory.mktemp("nb09"), PARAMS, timeout=300)
+    return run_one_thread("09_real_models.ipynb", tmp_path_factory, PARAMS)
 
 
 def test_cnn_nfk_probes_well_with_all_or_last_block_parameters(records):
