@@ -28,7 +28,8 @@ import argparse
 import copy
 import gc
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -69,40 +70,52 @@ def _joint(net: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda x: torch.logsumexp(net(x), dim=-1)
 
 
-def torch_func_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Tensor]:
+def _flat(grads: Iterable[Tensor]) -> Tensor:
+    """One ``batch×P`` block of per-example gradients from per-parameter ``batch×…`` tensors."""
+    return torch.cat([g.reshape(len(g), -1) for g in grads], 1)
+
+
+def _centred_gram(rows: list[Tensor]) -> dict[str, Tensor]:
+    """``G Gᵀ`` of the per-example gradient blocks ``rows`` after centring ``G``'s columns."""
+    G = torch.cat(rows)
+    G -= G.mean(0)
+    return {"K": G @ G.T}
+
+
+def _func_rows(net: nn.Module, X: Tensor, batch: int) -> Iterator[Tensor]:
+    """Per-example gradients of the joint score by ``vmap(grad)``, one flat block per batch."""
     params = {k: v.detach() for k, v in net.named_parameters()}
 
     def one(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return torch.logsumexp(functional_call(net, p, (x[None],)), -1)[0]
 
+    for s in range(0, len(X), batch):
+        yield _flat(vmap(grad(one), in_dims=(None, 0))(params, X[s : s + batch]).values())
+
+
+def _hooked_gram(model: nn.Module, X: Tensor, batch: int, field: str,
+                 context: Callable[[], AbstractContextManager[Any]] = nullcontext) -> dict[str, Tensor]:
+    """Centred Gram from the per-example gradients a hook library stores in ``p.<field>``."""
     rows = []
     for s in range(0, len(X), batch):
-        g = vmap(grad(one), in_dims=(None, 0))(params, X[s : s + batch])
-        rows.append(torch.cat([t.reshape(len(t), -1) for t in g.values()], 1))
-    G = torch.cat(rows)
-    G -= G.mean(0)
-    K = G @ G.T
-    del G
-    return {"K": K}
+        model.zero_grad()
+        for p in model.parameters():
+            setattr(p, field, None)  # Opacus accumulates grad_sample over backward passes otherwise
+        with context():
+            _joint(model)(X[s : s + batch]).sum().backward()
+        rows.append(_flat(getattr(p, field) for p in model.parameters()))
+    return _centred_gram(rows)
+
+
+def torch_func_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Tensor]:
+    return _centred_gram(list(_func_rows(net, X, batch)))
 
 
 def backpack_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Tensor]:
     from backpack import backpack, extend
     from backpack.extensions import BatchGrad
 
-    model = extend(net)
-    rows = []
-    for s in range(0, len(X), batch):
-        model.zero_grad()
-        with backpack(BatchGrad()):
-            _joint(model)(X[s : s + batch]).sum().backward()
-        rows.append(torch.cat([p.grad_batch.reshape(len(p.grad_batch), -1)
-                               for p in model.parameters()], 1))
-    G = torch.cat(rows)
-    G -= G.mean(0)
-    K = G @ G.T
-    del G
-    return {"K": K}
+    return _hooked_gram(extend(net), X, batch, "grad_batch", lambda: backpack(BatchGrad()))
 
 
 def opacus_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Tensor]:
@@ -110,20 +123,9 @@ def opacus_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Te
 
     net.train()  # Opacus records activations only in training mode (the MLP has no dropout/BN)
     model = GradSampleModule(net, loss_reduction="sum")
-    rows = []
-    for s in range(0, len(X), batch):
-        model.zero_grad()
-        for p in model.parameters():
-            p.grad_sample = None
-        _joint(model)(X[s : s + batch]).sum().backward()
-        rows.append(torch.cat([p.grad_sample.reshape(len(p.grad_sample), -1)
-                               for p in model.parameters()], 1))
+    K = _hooked_gram(model, X, batch, "grad_sample")
     model._close()
-    G = torch.cat(rows)
-    G -= G.mean(0)
-    K = G @ G.T
-    del G
-    return {"K": K}
+    return K
 
 
 def nngeometry_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Tensor]:
@@ -141,20 +143,10 @@ def nngeometry_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str
 def trak_way(net: nn.Module, X: Tensor, rank: int, batch: int, dim: int) -> Tensor:
     from trak.projectors import BasicProjector, ProjectionType
 
-    params = {k: v.detach() for k, v in net.named_parameters()}
-    P = sum(p.numel() for p in params.values())
+    P = sum(p.numel() for p in net.parameters())
     proj = BasicProjector(grad_dim=P, proj_dim=dim, seed=0, proj_type=ProjectionType.normal,
                           device=torch.device("cpu"), block_size=min(dim, 128))
-
-    def one(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return torch.logsumexp(functional_call(net, p, (x[None],)), -1)[0]
-
-    rows = []
-    for s in range(0, len(X), batch):
-        g = vmap(grad(one), in_dims=(None, 0))(params, X[s : s + batch])
-        flat = torch.cat([t.reshape(len(t), -1) for t in g.values()], 1)
-        rows.append(proj.project(flat, model_id=0) / math.sqrt(dim))
-    S = torch.cat(rows)
+    S = torch.cat([proj.project(g, model_id=0) / math.sqrt(dim) for g in _func_rows(net, X, batch)])
     S -= S.mean(0)
     U, sv, _ = torch.linalg.svd(S, full_matrices=False)
     return U[:, :rank] * sv[:rank]
