@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from .batch import slice_batch
+from .data_digest import update_digest
 from .functional import DENSE_BYTES, LogProbOperator
 from .layers import Captured, Layer, NormLayer, find_layers, find_norms, recording
 from .likelihoods import Batch, Likelihood
@@ -41,10 +42,7 @@ CACHE_BYTES = 256 * 2**20
 def _digest(batch: Batch) -> bytes:
     """Exact content key of a batch (shape, dtype and bytes of every tensor)."""
     h = hashlib.blake2b(digest_size=20)
-    for t in batch:
-        t = t.detach()
-        h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-        h.update(t.reshape(-1).contiguous().view(torch.uint8).cpu().numpy().tobytes())
+    update_digest(h, batch)
     return h.digest()
 
 
