@@ -194,10 +194,8 @@ class LayerwiseOperator(LogProbOperator):
             g = layer.out_grads(cap.grads[i]).transpose(1, 2) @ layer.patches(cap.inputs[i])
             for name, t in layer.split(g).items():
                 out[name] = t.reshape(len(g), *shapes[name])
-        for name, g in self._norm_grads(cap).items():
+        for name, g in self._other_grads(cap, batch).items():
             out[name] = g.reshape(len(g), *shapes[name])
-        if self.rest:
-            out.update(self._rest_grads(batch))
         return out
 
     def score_moment(self, batch: Batch, mean: Tensor | None, power: int) -> Tensor:
@@ -230,15 +228,20 @@ class LayerwiseOperator(LogProbOperator):
                         g -= M
                     s2 = (g * g).sum(0)
                 layer.add_into(views, s2[None].to(acc))
-            extra = dict(self._norm_grads(cap))
-            if self.rest:
-                extra.update(self._rest_grads(sub))
-            for name, g in extra.items():
+            for name, g in self._other_grads(cap, sub).items():
                 g = g.reshape(len(g), -1).to(acc)
                 if means is not None:
                     g = g - means[name]
                 views[name] += (g * g).sum(0)[None]
         return total
+
+    def _other_grads(self, cap: Captured, batch: Batch) -> dict[str, Tensor]:
+        """Per-example gradients ``{name: (B, …)}`` of the parameters outside the linear/conv layers:
+        the normalisation layers' (from ``cap``) and the rest (by ``vmap(grad)`` on ``batch``)."""
+        out = self._norm_grads(cap)
+        if self.rest:
+            out.update(self._rest_grads(batch))
+        return out
 
     def _norm_grads(self, cap: Captured) -> dict[str, Tensor]:
         """Per-example gradients ``{name: (B, numel)}`` of the normalisation layers' parameters."""
@@ -296,10 +299,7 @@ class LayerwiseOperator(LogProbOperator):
                 a = layer.patches(cap.inputs[i])
                 d = layer.out_grads(cap.grads[i])
                 y += _jvp_block(a, d, blocks[i], self._is_direct(layer, k))
-            extra = self._norm_grads(cap)
-            if self.rest:
-                extra.update(self._rest_grads(sub))
-            for name, g in extra.items():
+            for name, g in self._other_grads(cap, sub).items():
                 y += g.reshape(len(g), -1) @ tan[name].T
             rows.append(y)
         return torch.cat(rows)
@@ -319,10 +319,7 @@ class LayerwiseOperator(LogProbOperator):
                 a = layer.patches(cap.inputs[i])
                 d = layer.out_grads(cap.grads[i])
                 layer.add_into(views, _vjp_block(a, d, A, self._is_direct(layer, k)))
-            extra = self._norm_grads(cap)
-            if self.rest:
-                extra.update(self._rest_grads(sub))
-            for name, g in extra.items():
+            for name, g in self._other_grads(cap, sub).items():
                 views[name] += A.T @ g.reshape(len(g), -1)
         return out
 
