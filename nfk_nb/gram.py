@@ -119,9 +119,7 @@ def _features(op: LayerwiseOperator, source: DataSource, est: FisherEstimate,
                 elif est.kind != "identity":
                     g = g * _blocks(est, op, scale, layer)
                 parts.append(g.reshape(len(g), -1))
-            grads = op._norm_grads(cap)
-            if rest:
-                grads.update(op._rest_grads(sub))
+            grads = op._other_grads(cap, sub)
             for n in [*(n for norm in op.norms for n in norm.names), *rest]:
                 g = grads[n].reshape(len(grads[n]), -1).to(acc) - mean_parts[n].reshape(-1)
                 parts.append(g * scale_parts[n].reshape(-1))
