@@ -146,16 +146,18 @@ def whitened_trace(op, batches: Iterable[Batch], fisher, sq: Tensor, reducer) ->
     views = dict(zip(op.space.names, torch.split(sq * scale**2, list(op.space.numels))))
     total = sum(float(v.sum()) for name, v in views.items() if name not in covered)
     means = op.space.unflatten(fisher.mean.double())
-    mean_blocks = [layer.join({n: means[n].reshape(1, -1) for n in layer.names})[0]
-                   for layer in kron.layers]
+    roots = kron.roots()
+    # whitened mean blocks G^{-1/2} M A^{-1/2}, once per layer rather than once per sub-batch
+    mean_blocks = [Gi @ layer.join({n: means[n].reshape(1, -1) for n in layer.names})[0] @ Ai
+                   for layer, (Ai, Gi) in zip(kron.layers, roots)]
     layer_sum = torch.zeros((), dtype=torch.float64, device=op.device)
     for batch in batches:
         prepared = op.to_batch(batch)
         for _, sub in op._sub_batches(prepared):
             cap = op.capture(sub)
             for i, layer in enumerate(kron.layers):
-                Ai, Gi = kron.roots()[i]
-                Mt = Gi @ mean_blocks[i] @ Ai
+                Ai, Gi = roots[i]
+                Mt = mean_blocks[i]
                 a = layer.patches(cap.inputs[i]).double() @ Ai
                 d = layer.out_grads(cap.grads[i]).double() @ Gi
                 if a.shape[1] == 1:  # ‖δ̃ ãᵀ - M̃‖² without forming δ̃ ãᵀ
