@@ -28,17 +28,17 @@ import argparse
 import copy
 import gc
 import math
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, grad, vmap
 
 import nfk_nb as nfk
 
 from ._common import (
+    _user_grads,
     add_common_arguments,
     apply_common_arguments,
     digits_inputs,
@@ -70,27 +70,11 @@ def _joint(net: nn.Module) -> Callable[[Tensor], Tensor]:
     return lambda x: torch.logsumexp(net(x), dim=-1)
 
 
-def _flat(grads: Iterable[Tensor]) -> Tensor:
-    """One ``batch×P`` block of per-example gradients from per-parameter ``batch×…`` tensors."""
-    return torch.cat([g.reshape(len(g), -1) for g in grads], 1)
-
-
 def _centred_gram(rows: list[Tensor]) -> dict[str, Tensor]:
     """``G Gᵀ`` of the per-example gradient blocks ``rows`` after centring ``G``'s columns."""
     G = torch.cat(rows)
     G -= G.mean(0)
     return {"K": G @ G.T}
-
-
-def _func_rows(net: nn.Module, X: Tensor, batch: int) -> Iterator[Tensor]:
-    """Per-example gradients of the joint score by ``vmap(grad)``, one flat block per batch."""
-    params = {k: v.detach() for k, v in net.named_parameters()}
-
-    def one(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return torch.logsumexp(functional_call(net, p, (x[None],)), -1)[0]
-
-    for s in range(0, len(X), batch):
-        yield _flat(vmap(grad(one), in_dims=(None, 0))(params, X[s : s + batch]).values())
 
 
 def _hooked_gram(model: nn.Module, X: Tensor, batch: int, field: str,
@@ -103,12 +87,13 @@ def _hooked_gram(model: nn.Module, X: Tensor, batch: int, field: str,
             setattr(p, field, None)  # Opacus accumulates grad_sample over backward passes otherwise
         with context():
             _joint(model)(X[s : s + batch]).sum().backward()
-        rows.append(_flat(getattr(p, field) for p in model.parameters()))
+        grads = [getattr(p, field) for p in model.parameters()]
+        rows.append(torch.cat([g.reshape(len(g), -1) for g in grads], 1))
     return _centred_gram(rows)
 
 
 def torch_func_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Tensor]:
-    return _centred_gram(list(_func_rows(net, X, batch)))
+    return _centred_gram(list(_user_grads(net, X, batch)()))
 
 
 def backpack_way(net: nn.Module, X: Tensor, rank: int, batch: int) -> dict[str, Tensor]:
@@ -146,7 +131,7 @@ def trak_way(net: nn.Module, X: Tensor, rank: int, batch: int, dim: int) -> Tens
     P = sum(p.numel() for p in net.parameters())
     proj = BasicProjector(grad_dim=P, proj_dim=dim, seed=0, proj_type=ProjectionType.normal,
                           device=torch.device("cpu"), block_size=min(dim, 128))
-    S = torch.cat([proj.project(g, model_id=0) / math.sqrt(dim) for g in _func_rows(net, X, batch)])
+    S = torch.cat([proj.project(g, model_id=0) / math.sqrt(dim) for g in _user_grads(net, X, batch)()])
     S -= S.mean(0)
     U, sv, _ = torch.linalg.svd(S, full_matrices=False)
     return U[:, :rank] * sv[:rank]
