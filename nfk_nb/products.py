@@ -38,7 +38,6 @@ class FisherVectorProducts:
         self.reducer = reducer or Reducer()
         self.tick = tick
         self.acc_dtype = op.acc_dtype
-        self.scale = fisher.scale.to(op.device, self.acc_dtype)
         self.mean = fisher.mean.to(op.device, self.acc_dtype)
 
     def matvec(self, U: Tensor, consume: bool = False) -> Tensor:
