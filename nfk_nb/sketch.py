@@ -149,8 +149,11 @@ def range_sketch(products: MatrixProducts, omega: Omega, power_iters: int, *,
         if j == 0:
             M = products.times_directions(omega.draw())  # Y = V Ωᵀ
         elif j % 2 == 1:
-            Z = products.weighted_rows(_orth_rows(M, reducer))  # (l, P); the last one is B = Qᵀ V
-            M = Z if j == n_passes - 1 else orth_rows_(Z)
+            # (l, P); the last one is B = Qᵀ V. Held by ``M`` alone: a second name kept the previous
+            # pass's l×P matrix alive through the next ``Aᵀ V`` (1.1 GB at ResNet-18 size).
+            M = products.weighted_rows(_orth_rows(M, reducer))
+            if j < n_passes - 1:
+                M = orth_rows_(M)
         else:
             M = products.times_directions(M)  # Y = V Zᵀ
         if save is not None:
