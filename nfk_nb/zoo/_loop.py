@@ -4,7 +4,8 @@ loop settings."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 import torch
@@ -14,6 +15,14 @@ from torch import Tensor, nn
 from ..errors import NFKError
 
 R = TypeVar("R")
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Build modules under ``torch.manual_seed(seed)`` without touching the caller's CPU RNG state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def loop_generator(epochs: int, batch_size: int, seed: int) -> torch.Generator:

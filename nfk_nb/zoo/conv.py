@@ -14,11 +14,10 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import NFKError
-from ._loop import train_gan_epochs, train_pair, train_vae_epochs
+from ._loop import seeded, train_gan_epochs, train_pair, train_vae_epochs
 from .gan import GANResult
 from .vae import GaussianEncoder, VAEResult
 
@@ -64,8 +63,7 @@ def make_conv_gan(
     """
     if size % 4 or min(size, channels, latent_dim, width) < 1:
         raise NFKError("size must be a positive multiple of 4; channels, latent_dim and width positive.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         generator = nn.Sequential(*_up(latent_dim, channels, size, width), nn.Sigmoid())
         discriminator = nn.Sequential(*_down(channels, width),
                                       nn.Linear(2 * width * (size // 4) ** 2, 1))
@@ -89,8 +87,7 @@ def make_conv_vae(
     """
     if size % 4 or min(size, channels, latent_dim, width) < 1:
         raise NFKError("size must be a positive multiple of 4; channels, latent_dim and width positive.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         encoder = ConvEncoder(channels, size, latent_dim, width)
         decoder = nn.Sequential(*_up(latent_dim, channels, size, width))
     return encoder, decoder

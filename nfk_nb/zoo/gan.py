@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import NFKError
-from ._loop import check_flat, train_gan_epochs, train_pair
+from ._loop import check_flat, seeded, train_gan_epochs, train_pair
 from .classifier import penultimate as features_before_head
 
 
@@ -42,8 +42,7 @@ def make_gan(
     """
     if min(data_dim, latent_dim, hidden) < 1:
         raise NFKError("data_dim, latent_dim and hidden must be positive.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         generator = nn.Sequential(
             nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2),
             nn.Linear(hidden, hidden), nn.LeakyReLU(0.2),

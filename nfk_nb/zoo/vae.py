@@ -13,8 +13,8 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import NFKError
-from ._loop import check_flat, train_pair, train_vae_epochs  # public here: the loss train_vae minimises
-from ._loop import negative_elbo as negative_elbo
+from ._loop import check_flat, seeded, train_pair, train_vae_epochs
+from ._loop import negative_elbo as negative_elbo  # public here: the loss train_vae minimises
 
 
 class GaussianEncoder(nn.Module):
@@ -58,8 +58,7 @@ def make_vae(
     """
     if min(data_dim, latent_dim, hidden) < 1:
         raise NFKError("data_dim, latent_dim and hidden must be positive.")
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+    with seeded(seed):
         encoder = Encoder(data_dim, latent_dim, hidden)
         decoder = nn.Sequential(
             nn.Linear(latent_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden), nn.ReLU(),
